@@ -189,10 +189,10 @@ def _lattice(reward: np.ndarray, support: np.ndarray, step: float | None) -> tup
             return r_min, 1.0
         step = float(diffs.min())
         # The lattice step is the gcd of the offsets; search divisors of the smallest one.
-        for d in range(1, 1001):
+        for d in range(1, 101):
             cand = step / d
             k = offsets / cand
-            if np.allclose(k, np.round(k), rtol=0, atol=1e-6 * max(1.0, float(k.max()))):
+            if np.allclose(k, np.round(k), rtol=0, atol=1e-9 * max(1.0, float(k.max()))):
                 return r_min, cand
         raise ValueError(
             f"reward values {np.unique(r)} do not lie on a lattice r_min + k*h with a detectable "

@@ -19,6 +19,8 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
@@ -41,17 +43,12 @@ def _segment_logsumexp(values: jax.Array, segment_ids: jax.Array, num_segments: 
     return jnp.where(s > 0, m_safe + jnp.log(jnp.where(s > 0, s, 1)), -jnp.inf)
 
 
-class RewardCDF(tuple):
-    r"""Per-response reward law terms: (log G, log G⁻, log q) at r(y), each ``[K]``."""
+class RewardCDF(NamedTuple):
+    """Reward-law terms at each response's own reward, each ``[K]``."""
 
-    __slots__ = ()
-
-    def __new__(cls, log_cdf, log_cdf_strict, log_atom):
-        return super().__new__(cls, (log_cdf, log_cdf_strict, log_atom))
-
-    log_cdf = property(lambda self: self[0])
-    log_cdf_strict = property(lambda self: self[1])
-    log_atom = property(lambda self: self[2])
+    log_cdf: jax.Array  # log G(r(y)) = log P_p(r <= r(y))
+    log_cdf_strict: jax.Array  # log G⁻(r(y)) = log P_p(r < r(y))
+    log_atom: jax.Array  # log q(r(y)) = log P_p(r = r(y))
 
 
 def reward_cdf(log_base: jax.Array, reward: jax.Array) -> RewardCDF:

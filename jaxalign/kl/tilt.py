@@ -18,6 +18,8 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
@@ -139,21 +141,11 @@ def win_rate(log_p: ArrayLike, log_q: ArrayLike, reward: ArrayLike) -> Float[Arr
     return p @ (gt + 0.5 * eq) @ q
 
 
-class RewardKL(tuple):
-    r"""(reward, kl) summary of a policy; a plain tuple so it is a pytree."""
+class RewardKL(NamedTuple):
+    """A point of the reward–KL plane."""
 
-    __slots__ = ()
-
-    def __new__(cls, reward, kl):
-        return super().__new__(cls, (reward, kl))
-
-    @property
-    def reward(self):
-        return self[0]
-
-    @property
-    def kl(self):
-        return self[1]
+    reward: jax.Array  # E_π r, scalar (or [B] when batched)
+    kl: jax.Array  # KL(π‖p), scalar (or [B])
 
 
 def reward_and_kl(log_policy: ArrayLike, log_base: ArrayLike, reward: ArrayLike) -> RewardKL:
