@@ -1,0 +1,238 @@
+"""Batched autoregressive sampling with a KV cache and a jitted ``lax.while_loop`` decode.
+
+One call of :func:`generate`:
+
+1. Prompts are left-aligned (pads moved to the front, order of real tokens kept), so
+   every row's next token goes into the same cache slot; positions still count only
+   real tokens, so the logits equal those of the unpadded prompt.
+2. Prefill: one forward pass over the prompts writes keys/values into cache slots
+   ``0 .. P-1`` and gives the first next-token distribution.
+3. Decode: ``lax.while_loop`` over at most ``max_new_tokens - 1`` steps, each feeding
+   the last token (cache slot ``P + t - 1``) and sampling the next. Rows stop at an
+   EOS token (kept, and counted in the response) and are padded afterwards; the loop
+   exits early once every row is done.
+
+Sampling applies the temperature, then nucleus (top-p) truncation; temperature 0 is
+greedy (argmax). The whole of steps 2-3 is one ``jax.jit`` (compiled once per shapes,
+graph and sampling settings).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from jaxalign._checks import is_concrete
+from jaxalign.models.transformer import positions_from_mask
+
+
+class Generation(NamedTuple):
+    """Output of :func:`generate` (``n = max_new_tokens``, ``p`` = prompt length)."""
+
+    # Generated token ids; pad id after a row's EOS.
+    tokens: Int[Array, "b n"]
+    # log π(token | prefix) under the model itself (temperature 1, full vocabulary): the
+    # per-token values :func:`~jaxalign.models.sequence_logprobs` recomputes. 0 where masked.
+    logprobs: Float[Array, "b n"]
+    # log-probability under the distribution actually sampled from (after temperature and
+    # top-p); 0 for greedy decoding and where masked.
+    sampling_logprobs: Float[Array, "b n"]
+    # True for generated tokens up to and including EOS.
+    response_mask: Bool[Array, "b n"]
+    # The prompts, left-aligned (pads first), and their attention mask.
+    prompt_tokens: Int[Array, "b p"]
+    prompt_mask: Bool[Array, "b p"]
+
+    @property
+    def sequences(self) -> Int[Array, "b p+n"]:
+        """Prompt followed by response, ready for :func:`sequence_logprobs`."""
+        return jnp.concatenate([self.prompt_tokens, self.tokens], axis=1)
+
+    @property
+    def attention_mask(self) -> Bool[Array, "b p+n"]:
+        return jnp.concatenate([self.prompt_mask, self.response_mask], axis=1)
+
+    @property
+    def sequence_response_mask(self) -> Bool[Array, "b p+n"]:
+        return jnp.concatenate([jnp.zeros_like(self.prompt_mask), self.response_mask], axis=1)
+
+
+def left_align(
+    tokens: Int[Array, "b l"], mask: Int[Array, "b l"]
+) -> tuple[Int[Array, "b l"], Bool[Array, "b l"]]:
+    """Moves padding to the front of each row, keeping the order of the real tokens."""
+    mask = jnp.asarray(mask).astype(bool)
+    order = jnp.argsort(mask.astype(jnp.int32), axis=-1, stable=True)
+    return jnp.take_along_axis(tokens, order, axis=-1), jnp.take_along_axis(mask, order, axis=-1)
+
+
+def _sample(logits, key, temperature: float, top_p: float):
+    """(token, model log-prob, sampling log-prob) for each row of ``logits`` (b, v)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if temperature == 0.0:
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        sampling = jnp.zeros(token.shape, jnp.float32)
+    else:
+        scaled = logits / jnp.asarray(temperature, logits.dtype)
+        if top_p < 1.0:
+            # Keep the smallest set of most likely tokens whose mass reaches top_p.
+            sorted_desc = -jnp.sort(-scaled, axis=-1)
+            probs = jax.nn.softmax(sorted_desc, axis=-1)
+            keep = (jnp.cumsum(probs, axis=-1) - probs) < jnp.asarray(top_p, probs.dtype)
+            cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+            scaled = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
+        token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        sampling_logp = jax.nn.log_softmax(scaled, axis=-1)
+        sampling = jnp.take_along_axis(sampling_logp, token[:, None], axis=-1)[:, 0]
+    model_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    return token, model_logp, sampling
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p"))
+def _generate(
+    graphdef, state, prompts, mask, key, eos_ids, pad_id, *, max_new_tokens, temperature, top_p
+):
+    model = nnx.merge(graphdef, state)
+    b, p = prompts.shape
+    n = max_new_tokens
+    s = p + n
+    cache = model.init_cache(b, s)
+    key_valid = jnp.concatenate([mask, jnp.zeros((b, n), bool)], axis=1)
+    slots = jnp.arange(s, dtype=jnp.int32)
+    prefill_mask = (slots[None, :] <= jnp.arange(p, dtype=jnp.int32)[:, None])[None] & key_valid[
+        :, None, :
+    ]
+    logits, cache = model.decode_step(
+        prompts, positions_from_mask(mask), prefill_mask, cache, jnp.zeros((), jnp.int32)
+    )
+    first, first_lp, first_slp = _sample(
+        logits[:, -1], jax.random.fold_in(key, 0), temperature, top_p
+    )
+    is_eos = lambda tok: jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+    zeros_f = jnp.zeros((b, n), jnp.float32)
+    carry = dict(
+        t=jnp.ones((), jnp.int32),
+        cache=cache,
+        key_valid=key_valid,
+        last=first,
+        position=jnp.sum(mask, axis=-1, dtype=jnp.int32),
+        done=is_eos(first),
+        tokens=jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first),
+        logprobs=zeros_f.at[:, 0].set(first_lp),
+        sampling=zeros_f.at[:, 0].set(first_slp),
+        alive=jnp.zeros((b, n), bool).at[:, 0].set(True),
+    )
+
+    def cond(c):
+        return (c["t"] < n) & ~jnp.all(c["done"])
+
+    def body(c):
+        t = c["t"]
+        slot = p + t - 1  # cache slot of the token being fed
+        prev_alive = jax.lax.dynamic_index_in_dim(c["alive"], t - 1, axis=1, keepdims=False)
+        key_valid = jax.lax.dynamic_update_index_in_dim(c["key_valid"], prev_alive, slot, axis=1)
+        step_mask = key_valid[:, None, :] & (slots <= slot)[None, None, :]
+        logits, cache = model.decode_step(
+            c["last"][:, None], c["position"][:, None], step_mask, c["cache"], slot
+        )
+        token, lp, slp = _sample(logits[:, 0], jax.random.fold_in(key, t), temperature, top_p)
+        alive = ~c["done"]
+        token = jnp.where(alive, token, pad_id)
+        zero = jnp.zeros((), jnp.float32)
+        put = lambda buf, col: jax.lax.dynamic_update_index_in_dim(buf, col, t, axis=1)
+        return dict(
+            t=t + 1,
+            cache=cache,
+            key_valid=key_valid,
+            last=token,
+            position=c["position"] + 1,
+            done=c["done"] | (alive & is_eos(token)),
+            tokens=put(c["tokens"], token),
+            logprobs=put(c["logprobs"], jnp.where(alive, lp, zero)),
+            sampling=put(c["sampling"], jnp.where(alive, slp, zero)),
+            alive=put(c["alive"], alive),
+        )
+
+    c = jax.lax.while_loop(cond, body, carry)
+    return c["tokens"], c["logprobs"], c["sampling"], c["alive"]
+
+
+def generate(
+    model,
+    prompts: Int[Array, "b p"],
+    *,
+    key: jax.Array,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    prompt_mask: Int[Array, "b p"] | None = None,
+) -> Generation:
+    """Samples up to ``max_new_tokens`` tokens after each prompt with a KV cache.
+
+    Args:
+      model: a :class:`~jaxalign.models.CausalLM`.
+      prompts: token ids (batch, prompt_length); padding on either side.
+      key: PRNG key (unused when greedy).
+      max_new_tokens: number of decode steps (static).
+      temperature: softmax temperature; 0 means greedy decoding.
+      top_p: nucleus sampling mass in (0, 1]; 1 disables truncation.
+      eos_token_id: id(s) that end a response (default: the model config's; none
+        stops nothing).
+      pad_token_id: id written after a response ends (default: config's, else 0).
+      prompt_mask: 1 for real prompt tokens, 0 for padding (default: all real).
+
+    Returns:
+      A :class:`Generation` (tokens, model and sampling log-probs, response mask, the
+      left-aligned prompts).
+    """
+    prompts = jnp.asarray(prompts)
+    if prompts.ndim != 2 or not jnp.issubdtype(prompts.dtype, jnp.integer):
+        raise ValueError(
+            f"prompts must be integer token ids of shape (batch, length), got "
+            f"{prompts.dtype} {prompts.shape}"
+        )
+    mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask)
+    if mask.shape != prompts.shape:
+        raise ValueError(f"prompt_mask.shape={mask.shape} must equal prompts.shape={prompts.shape}")
+    if is_concrete(mask) and not np.asarray(mask).astype(bool).any(axis=1).all():
+        raise ValueError("every prompt needs at least one real token (prompt_mask row of zeros)")
+    if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    temperature, top_p = float(temperature), float(top_p)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    config = model.config
+    if eos_token_id is None:
+        eos = config.eos_token_id
+    else:
+        eos = (eos_token_id,) if isinstance(eos_token_id, int | np.integer) else eos_token_id
+    # -1 never matches a token, so an empty EOS set stops nothing.
+    eos_ids = jnp.asarray(tuple(eos) or (-1,), jnp.int32)
+    if pad_token_id is None:
+        pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    tokens_l, mask_l = left_align(prompts.astype(jnp.int32), mask)
+    graphdef, state = nnx.split(model)
+    tokens, logprobs, sampling, alive = _generate(
+        graphdef,
+        state,
+        tokens_l,
+        mask_l,
+        key,
+        eos_ids,
+        jnp.asarray(pad_token_id, jnp.int32),
+        max_new_tokens=int(max_new_tokens),
+        temperature=temperature,
+        top_p=top_p,
+    )
+    return Generation(tokens, logprobs, sampling, alive, tokens_l, mask_l)
