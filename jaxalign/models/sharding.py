@@ -22,24 +22,16 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxalign.parallel.rules import DEFAULT_RULES as _PARALLEL_DEFAULT_RULES
+
 LogicalRules: TypeAlias = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
-# Default mapping for a (data, fsdp, tensor) mesh: FSDP shards the embedding
-# dimension of every weight, tensor parallelism shards heads / MLP / vocabulary,
-# batches are split over data and fsdp. Activations' model dimension (act_embed)
-# stays replicated so each layer's all-gathers are of weights, not activations.
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("cache_length", None),
-    ("act_embed", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("labels", None),
+# Default mapping for a (data, fsdp, tensor) mesh, defined once in jaxalign.parallel:
+# FSDP shards the embedding dimension of every weight, tensor parallelism shards heads /
+# MLP / vocabulary, batches are split over data and fsdp; activations' model dimension
+# (act_embed) stays replicated so each layer's all-gathers are of weights, not activations.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = tuple(
+    _PARALLEL_DEFAULT_RULES.as_pairs()
 )
 
 
