@@ -3,6 +3,7 @@
 jaxalign reproduce NAME [NAME ...] [--out DIR] [--profile quick|full] [key=value ...]
 jaxalign reproduce --all [--out DIR] [--profile quick|full]
 jaxalign reproduce --list
+jaxalign train CONFIG.yaml [key=value ...] [--resume | --overwrite] [--out DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +53,49 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from jaxalign import train as training
+
+    # Options may also follow the config and overrides: `train cfg.yaml k=v --resume`.
+    rest = _train_options(argparse.ArgumentParser(prog="jaxalign train"))
+    rest.add_argument("overrides", nargs="*")
+    more = rest.parse_intermixed_args(args.rest)
+    overrides = list(more.overrides)
+    args.out = more.out if more.out is not None else args.out
+    args.resume = args.resume or more.resume
+    args.overwrite = args.overwrite or more.overwrite
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    if args.out is not None:
+        overrides.append(f"run.out_dir={args.out}")
+    if args.resume:
+        overrides.append("run.resume=true")
+    if args.overwrite:
+        overrides.append("run.overwrite=true")
+    config = training.load_train_config(args.config, overrides)
+    try:
+        result = training.train(config)
+    except (training.NonFiniteError, training.CheckpointError) as e:
+        print(f"jaxalign: error: {e}", file=sys.stderr)
+        return 3
+    training.save_run_summary(result)
+    h = result.history
+    if h:
+        print(
+            f"step {result.step}: loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f}, "
+            f"accuracy {h[-1]['accuracy']:.3f}, {h[-1]['tokens_per_s']:.0f} tokens/s"
+        )
+    print(f"run directory: {result.out_dir} ({result.status})")
+    return 0 if result.status == "completed" else 130
+
+
+def _train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--out", default=None, help="run directory (overrides run.out_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run directory first")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     rep.set_defaults(func=_reproduce)
+    tr = sub.add_parser("train", help="train a policy (DPO) from a YAML config")
+    tr.add_argument("config", type=Path, help="YAML config, e.g. configs/train/dpo_tiny.yaml")
+    _train_options(tr)
+    tr.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="dotted key=value overrides (and the options)"
+    )
+    tr.set_defaults(func=_train)
     return parser
 
 

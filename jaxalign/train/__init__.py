@@ -1,0 +1,81 @@
+"""Sharded training of preference-optimisation objectives (DPO for now).
+
+* :class:`TrainConfig` / :func:`load_train_config` — typed run config from YAML
+  (``configs/train/*.yaml``) plus dotted overrides.
+* :func:`train` — the driver: shape-first sharded init, one jitted step with
+  donation, gradient accumulation, AdamW with warmup + decay and clipping,
+  JSONL metrics (loss, DPO margins/accuracy, norms, KL estimates, tokens/s,
+  MFU), Orbax checkpoints with exact resume, SIGTERM/SIGINT checkpointing and
+  NaN stops.
+* :func:`dpo_train_step` — the pure step function; :class:`TrainState`,
+  :func:`init_train_state`, :func:`train_shardings` — its state.
+"""
+
+from jaxalign.train.checkpoint import Checkpointer, CheckpointError
+from jaxalign.train.config import (
+    AlgorithmConfig,
+    CheckpointConfig,
+    DebugConfig,
+    InitConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    RunConfig,
+    ScheduleConfig,
+    ShardingConfig,
+    TinyDataConfig,
+    TrainConfig,
+    config_to_dict,
+    load_train_config,
+    train_config_from_dict,
+)
+from jaxalign.train.loop import NonFiniteError, TrainResult, save_run_summary, train
+from jaxalign.train.metrics import (
+    dpo_step_flops,
+    matmul_params,
+    measure_matmul_peak,
+    read_jsonl,
+)
+from jaxalign.train.optim import make_optimizer, make_schedule
+from jaxalign.train.state import (
+    Shardings,
+    TrainState,
+    abstract_model,
+    init_train_state,
+    train_shardings,
+)
+from jaxalign.train.step import dpo_train_step
+
+__all__ = [
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "CheckpointError",
+    "Checkpointer",
+    "DebugConfig",
+    "InitConfig",
+    "LoggingConfig",
+    "NonFiniteError",
+    "OptimizerConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "ShardingConfig",
+    "Shardings",
+    "TinyDataConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "abstract_model",
+    "config_to_dict",
+    "dpo_step_flops",
+    "dpo_train_step",
+    "init_train_state",
+    "load_train_config",
+    "make_optimizer",
+    "make_schedule",
+    "matmul_params",
+    "measure_matmul_peak",
+    "read_jsonl",
+    "save_run_summary",
+    "train",
+    "train_config_from_dict",
+    "train_shardings",
+]

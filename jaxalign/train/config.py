@@ -1,0 +1,250 @@
+"""Typed configuration of a training run (YAML under ``configs/train/`` + dotted overrides).
+
+Example::
+
+    cfg = load_train_config("configs/train/dpo_tiny.yaml", ["optimizer.lr=1e-5"])
+
+Every section is a frozen dataclass with a comment per field; unknown keys,
+wrong types and invalid values raise one :class:`jaxalign.config.ConfigError`
+naming the key, the value and (for unknown keys) the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from jaxalign.data import DataConfig
+from jaxalign.models import ModelConfig
+from jaxalign.parallel import DistributedConfig, MeshConfig
+
+
+def _bad(key: str, value: Any, expected: str):
+    raise ValueError(f"{key}={value!r} is invalid; expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """Where the policy (and reference) weights and the tokenizer come from."""
+
+    pretrained: str = ""  # local HF model directory; "" = random init from `model`
+    tokenizer: str = ""  # local HF tokenizer directory; "" = build the tiny BPE one
+    tiny_tokenizer_vocab_size: int = 384  # vocabulary of the tiny tokenizer (≤ model.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyDataConfig:
+    """The synthetic sorting-preference dataset used when ``data.path`` is empty."""
+
+    num_rows: int = 512  # rows generated into <run dir>/data/tiny.jsonl
+    seed: int = 0  # the rows are a function of this seed
+    num_words: int = 4  # words per prompt (2 … 16)
+
+    def __post_init__(self):
+        if self.num_rows < 1:
+            _bad("num_rows", self.num_rows, "a positive integer")
+        if not 2 <= self.num_words <= 16:
+            _bad("num_words", self.num_words, "an integer in [2, 16]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    """Logical-axis → mesh-axis rules, on top of ``jaxalign.parallel.DEFAULT_RULES``."""
+
+    # e.g. {embed: null} to replicate parameters' embed dimension (no FSDP of weights)
+    rules: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping and gradient accumulation."""
+
+    name: Literal["adamw"] = "adamw"  # optax.adamw
+    lr: float = 1e-4  # peak learning rate (the schedule's maximum)
+    b1: float = 0.9  # Adam first-moment decay
+    b2: float = 0.999  # Adam second-moment decay
+    eps: float = 1e-8  # Adam denominator epsilon
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW)
+    clip_norm: float | None = 1.0  # clip the global gradient norm to this; null = no clipping
+    grad_accum_steps: int = 1  # micro-batches per step (the global batch is split)
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            _bad("lr", self.lr, "> 0")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            _bad("b1/b2", (self.b1, self.b2), "values in [0, 1)")
+        if not self.eps > 0:
+            _bad("eps", self.eps, "> 0")
+        if self.weight_decay < 0:
+            _bad("weight_decay", self.weight_decay, ">= 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            _bad("clip_norm", self.clip_norm, "> 0 or null")
+        if self.grad_accum_steps < 1:
+            _bad("grad_accum_steps", self.grad_accum_steps, "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule: linear warmup to ``optimizer.lr``, then decay."""
+
+    kind: Literal["constant", "cosine", "linear"] = "cosine"  # decay after warmup
+    warmup_steps: int = 0  # linear warmup from 0 to the peak
+    decay_steps: int | None = None  # steps of decay after warmup; null = run.steps − warmup
+    end_lr_ratio: float = 0.1  # final lr / peak lr (cosine and linear)
+
+    def __post_init__(self):
+        if self.warmup_steps < 0:
+            _bad("warmup_steps", self.warmup_steps, ">= 0")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            _bad("decay_steps", self.decay_steps, "a positive integer or null")
+        if not 0 <= self.end_lr_ratio <= 1:
+            _bad("end_lr_ratio", self.end_lr_ratio, "a number in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """The preference-optimisation objective."""
+
+    name: Literal["dpo"] = "dpo"  # DPO (Rafailov et al. 2023)
+    beta: float = 0.1  # KL strength β > 0
+    label_smoothing: float = 0.0  # ε ∈ [0, ½): conservative DPO
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            _bad("beta", self.beta, "> 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            _bad("label_smoothing", self.label_smoothing, "a number in [0, 0.5)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints under ``<run dir>/checkpoints``."""
+
+    enabled: bool = True  # write checkpoints at all
+    every_steps: int = 100  # save every this many steps (and at the end)
+    keep: int = 3  # keep the newest N checkpoints
+    async_save: bool = True  # write in the background while training continues
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            _bad("every_steps", self.every_steps, "a positive integer")
+        if self.keep < 1:
+            _bad("keep", self.keep, "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Metrics to ``<run dir>/metrics.jsonl`` (one JSON object per logged step)."""
+
+    every_steps: int = 1  # log every this many steps
+    progress_bar: bool = True  # tqdm bar on process 0
+    peak_flops: float | None = None  # device peak FLOP/s for MFU; null = measure a matmul
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            _bad("every_steps", self.every_steps, "a positive integer")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            _bad("peak_flops", self.peak_flops, "> 0 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Length, seed and place of a run."""
+
+    steps: int = 100  # optimizer steps in total (a resumed run continues to this)
+    seed: int = 0  # model init and per-step RNG
+    out_dir: str = "runs/dpo_tiny"  # run directory (config, metrics, checkpoints)
+    resume: bool = False  # continue from the newest good checkpoint in out_dir
+    overwrite: bool = False  # delete an existing out_dir first
+
+    def __post_init__(self):
+        if self.steps < 1:
+            _bad("steps", self.steps, "a positive integer")
+        if not self.out_dir:
+            _bad("out_dir", self.out_dir, "a directory path")
+        if self.resume and self.overwrite:
+            _bad("resume/overwrite", (self.resume, self.overwrite), "at most one of them true")
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection, for testing the failure paths."""
+
+    nan_at_step: int | None = None  # make the loss NaN at this step (1-based)
+    sigkill_after_step: int | None = None  # SIGKILL this process after logging this step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run; see ``configs/train/dpo_tiny.yaml``."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tiny_data: TinyDataConfig = dataclasses.field(default_factory=TinyDataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    debug: DebugConfig = dataclasses.field(default_factory=DebugConfig)
+
+    def __post_init__(self):
+        if self.run.resume and not self.checkpoint.enabled:
+            raise ValueError("run.resume=true needs checkpoint.enabled=true")
+        accum = self.optimizer.grad_accum_steps
+        if self.data.batch_size % accum:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} must be divisible by "
+                f"optimizer.grad_accum_steps={accum}"
+            )
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file plus dotted ``key=value`` overrides.
+
+    Raises:
+        ConfigError: naming the key, the value and the nearest valid key.
+    """
+    data = load_yaml(path) if path is not None else {}
+    return train_config_from_dict(apply_overrides(data, overrides))
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain mapping (e.g. a saved ``config.yaml``)."""
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - from_dict wraps these
+        raise ConfigError(str(e)) from e
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain dict of ``config`` (YAML/JSON-serialisable; ``load`` gives it back)."""
+    return to_dict(config)
+
+
+__all__ = [
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "DebugConfig",
+    "InitConfig",
+    "LoggingConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "ShardingConfig",
+    "TinyDataConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "load_train_config",
+    "train_config_from_dict",
+]

@@ -1,0 +1,74 @@
+"""Two jax.distributed processes on localhost train like one process with 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from jaxalign.train import Checkpointer, config_to_dict, read_jsonl, train
+
+WORKER = Path(__file__).with_name("two_process_train_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_single_process(tmp_path, make_config):
+    mesh = ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    common = ("run.steps=4", "checkpoint.every_steps=2", *mesh)
+    cfg = make_config(tmp_path / "two", *common)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "JAXALIGN_COORDINATOR": f"localhost:{port}",
+            "JAXALIGN_NUM_PROCESSES": "2",
+            "JAXALIGN_PROCESS_ID": str(pid),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        env.pop("XLA_FLAGS", None)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        single = train(make_config(tmp_path / "one", *common), quiet=True)
+        outputs = []
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, f"worker failed:\n{err[-4000:]}"
+            line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+            outputs.append(json.loads(line.removeprefix("RESULT ")))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [o["process"] for o in outputs] == [0, 1]
+    assert all(o["devices"] == 8 and o["step"] == 4 for o in outputs)
+    assert outputs[0]["losses"] == outputs[1]["losses"]
+    expected = [r["loss"] for r in single.history]
+    np.testing.assert_allclose(outputs[0]["losses"], expected, rtol=2e-5, atol=2e-6)
+    # Process 0 logged; both wrote one multi-host checkpoint per save.
+    assert [r["loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")] == outputs[0][
+        "losses"
+    ]
+    assert Checkpointer(tmp_path / "two" / "checkpoints", cfg.checkpoint).all_steps() == [2, 4]
