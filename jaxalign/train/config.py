@@ -137,9 +137,11 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    """Metrics to ``<run dir>/metrics.jsonl`` (one JSON object per logged step)."""
+    """Metrics to ``<run dir>/metrics.jsonl`` (one JSON object per logged step) and
+    TensorBoard event files in ``<run dir>/tensorboard/``."""
 
     every_steps: int = 1  # log every this many steps
+    tensorboard: bool = True  # also write TensorBoard scalars
     progress_bar: bool = True  # tqdm bar on process 0
     peak_flops: float | None = None  # device peak FLOP/s for MFU; null = measure a matmul
 

@@ -5,6 +5,7 @@ Per run directory (``run.out_dir``):
 * ``config.yaml`` — the resolved config (a changed config on resume is saved
   too; the previous file is kept as ``config.<step>.yaml``);
 * ``metrics.jsonl`` — one JSON object per logged step;
+* ``tensorboard/`` — the same scalars as TensorBoard event files (``logging.tensorboard``);
 * ``checkpoints/<step>/`` — Orbax checkpoints (train state, data position, config);
 * ``tokenizer/``, ``data/`` — the tiny tokenizer / dataset when built on the fly.
 
@@ -67,6 +68,7 @@ from jaxalign.train.state import (
     train_shardings,
 )
 from jaxalign.train.step import dpo_train_step
+from jaxalign.train.tensorboard import SummaryWriter
 
 
 class NonFiniteError(RuntimeError):
@@ -295,6 +297,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
             handlers[sig] = signal.signal(sig, on_signal)
 
     writer = JsonlWriter(out / "metrics.jsonl") if is_main else None
+    tb_writer = (
+        SummaryWriter(out / "tensorboard") if is_main and config.logging.tensorboard else None
+    )
     bar = None
     if is_main and config.logging.progress_bar and not quiet:
         from tqdm.auto import tqdm
@@ -366,6 +371,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                     history.append(record)
                     if writer is not None:
                         writer.write(record)
+                    if tb_writer is not None:
+                        tb_writer.scalars(step, record)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
@@ -379,6 +386,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
             bar.close()
         if writer is not None:
             writer.close()
+        if tb_writer is not None:
+            tb_writer.close()
         if checkpointer is not None:
             checkpointer.close()
         for sig, old in handlers.items():
