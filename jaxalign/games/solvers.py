@@ -152,8 +152,12 @@ def decaying_step_size(tau: float) -> optax.Schedule:
 # --------------------------------------------------------------------------- OMD / INPO / SPPO
 
 
-def _mirror_descent_solver(name: str, step_size, tau, ref) -> Solver:
-    tx = mirror_descent(step_size)
+def _transform_solver(name: str, tx, step_size, tau, ref, anchor_fn) -> Solver:
+    """Self-play with a jaxalign.optim transform on the regularised payoff.
+
+    ``anchor_fn(state, log_ref, st)`` gives the anchor of the solver's pairwise loss
+    (``st`` = step size × τ); its target is ``step_size / 2`` and pairs come from π_t.
+    """
 
     def init(game, log_policy=None) -> SolverState:
         theta = _start(game, log_policy, ref)
@@ -173,10 +177,16 @@ def _mirror_descent_solver(name: str, step_size, tau, ref) -> Solver:
         s = _step_at(step_size, state.count, p.dtype)
         log_ref = _log_ref(ref, p.shape[0], p.dtype)
         st = s * jnp.asarray(tau, p.dtype)
-        anchor = (1 - st) * state.log_policy + st * log_ref
-        return PairwiseTarget(anchor, s / 2, state.log_policy)
+        return PairwiseTarget(anchor_fn(state, log_ref, st), s / 2, state.log_policy)
 
     return Solver(name, init, step, tau, ref, pairwise_target)
+
+
+def _mirror_descent_solver(name: str, step_size, tau, ref) -> Solver:
+    def anchor(state, log_ref, st):
+        return (1 - st) * state.log_policy + st * log_ref
+
+    return _transform_solver(name, mirror_descent(step_size), step_size, tau, ref, anchor)
 
 
 def inpo(step_size: optax.ScalarOrSchedule, *, tau: float, ref: ArrayLike | None = None) -> Solver:
@@ -338,30 +348,12 @@ def onpo(
       Online Mirror Descent", 2025.
     """
     _check_hparams(step_size, tau)
+
+    def anchor(state, log_ref, st):
+        return state.opt_state.secondary - st * (state.log_policy - log_ref)
+
     tx = optimistic_mirror_descent(step_size)
-
-    def init(game, log_policy=None) -> SolverState:
-        theta = _start(game, log_policy, ref)
-        return SolverState(theta, jnp.zeros([], jnp.int32), tx.init(theta))
-
-    def step(game, state: SolverState) -> SolverState:
-        p = _matrix(game)
-        theta = state.log_policy
-        log_ref = _log_ref(ref, p.shape[0], p.dtype)
-        u = _regularised_payoff(p, theta, theta, log_ref, tau)
-        updates, opt_state = tx.update(-u, state.opt_state, theta)
-        new = jax.nn.log_softmax(optax.apply_updates(theta, updates))
-        return SolverState(new, optax.safe_int32_increment(state.count), opt_state)
-
-    def pairwise_target(game, state: SolverState) -> PairwiseTarget:
-        p = _matrix(game)
-        s = _step_at(step_size, state.count, p.dtype)
-        log_ref = _log_ref(ref, p.shape[0], p.dtype)
-        st = s * jnp.asarray(tau, p.dtype)
-        anchor = state.opt_state.secondary - st * (state.log_policy - log_ref)
-        return PairwiseTarget(anchor, s / 2, state.log_policy)
-
-    return Solver("onpo", init, step, tau, ref, pairwise_target)
+    return _transform_solver("onpo", tx, step_size, tau, ref, anchor)
 
 
 # --------------------------------------------------------------------------- EGPO
