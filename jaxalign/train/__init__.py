@@ -9,6 +9,9 @@
   NaN stops.
 * :func:`dpo_train_step` — the pure step function; :class:`TrainState`,
   :func:`init_train_state`, :func:`train_shardings` — its state.
+* :func:`online_train` — online Nash preference optimisation (INPO, ONPO, online IPO,
+  MNPO) of a causal LM with a preference oracle, scored exactly on the enumerable
+  testbed; :func:`tabular_baseline` runs the matching :mod:`jaxalign.games` solver.
 """
 
 from jaxalign.train.checkpoint import Checkpointer, CheckpointError
@@ -35,6 +38,18 @@ from jaxalign.train.metrics import (
     measure_matmul_peak,
     read_jsonl,
 )
+from jaxalign.train.online import ALGORITHMS as ONLINE_ALGORITHMS
+from jaxalign.train.online import (
+    OnlineConfig,
+    OnlineHistory,
+    OnlineResult,
+    Oracle,
+    average_policy_gaps,
+    online_train,
+    tabular_baseline,
+    tabular_solver,
+    testbed_oracle,
+)
 from jaxalign.train.optim import make_optimizer, make_schedule
 from jaxalign.train.state import (
     Shardings,
@@ -46,6 +61,7 @@ from jaxalign.train.state import (
 from jaxalign.train.step import dpo_train_step
 
 __all__ = [
+    "ONLINE_ALGORITHMS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CheckpointError",
@@ -54,7 +70,11 @@ __all__ = [
     "InitConfig",
     "LoggingConfig",
     "NonFiniteError",
+    "OnlineConfig",
+    "OnlineHistory",
+    "OnlineResult",
     "OptimizerConfig",
+    "Oracle",
     "RunConfig",
     "ScheduleConfig",
     "ShardingConfig",
@@ -64,6 +84,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "abstract_model",
+    "average_policy_gaps",
     "config_to_dict",
     "dpo_step_flops",
     "dpo_train_step",
@@ -73,8 +94,12 @@ __all__ = [
     "make_schedule",
     "matmul_params",
     "measure_matmul_peak",
+    "online_train",
     "read_jsonl",
     "save_run_summary",
+    "tabular_baseline",
+    "tabular_solver",
+    "testbed_oracle",
     "train",
     "train_config_from_dict",
     "train_shardings",
