@@ -9,6 +9,8 @@
   NaN stops.
 * :func:`dpo_train_step` — the pure step function; :class:`TrainState`,
   :func:`init_train_state`, :func:`train_shardings` — its state.
+* :func:`multiobjective_dpo_step` — K DPO losses combined by a
+  :mod:`jaxalign.multiobjective` aggregator inside one jitted step.
 * :func:`online_train` — online Nash preference optimisation (INPO, ONPO, online IPO,
   MNPO) of a causal LM with a preference oracle, scored exactly on the enumerable
   testbed; :func:`tabular_baseline` runs the matching :mod:`jaxalign.games` solver.
@@ -37,6 +39,11 @@ from jaxalign.train.metrics import (
     matmul_params,
     measure_matmul_peak,
     read_jsonl,
+)
+from jaxalign.train.multiobjective import (
+    MultiObjectiveMetrics,
+    PreferenceBatches,
+    multiobjective_dpo_step,
 )
 from jaxalign.train.online import ALGORITHMS as ONLINE_ALGORITHMS
 from jaxalign.train.online import (
@@ -69,12 +76,14 @@ __all__ = [
     "DebugConfig",
     "InitConfig",
     "LoggingConfig",
+    "MultiObjectiveMetrics",
     "NonFiniteError",
     "OnlineConfig",
     "OnlineHistory",
     "OnlineResult",
     "OptimizerConfig",
     "Oracle",
+    "PreferenceBatches",
     "RunConfig",
     "ScheduleConfig",
     "ShardingConfig",
@@ -94,6 +103,7 @@ __all__ = [
     "make_schedule",
     "matmul_params",
     "measure_matmul_peak",
+    "multiobjective_dpo_step",
     "online_train",
     "read_jsonl",
     "save_run_summary",
