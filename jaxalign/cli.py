@@ -72,6 +72,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("run.resume=true")
     if args.overwrite:
         overrides.append("run.overwrite=true")
+    from jaxalign.config import apply_overrides, load_yaml
+    from jaxalign.train import online_run
+
+    if online_run.is_online_config(apply_overrides(load_yaml(args.config), overrides)):
+        config = online_run.load_online_config(args.config, overrides)
+        online_run.train_online(config)
+        return 0
     config = training.load_train_config(args.config, overrides)
     try:
         result = training.train(config)
@@ -112,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     rep.set_defaults(func=_reproduce)
-    tr = sub.add_parser("train", help="train a policy (DPO) from a YAML config")
+    tr = sub.add_parser(
+        "train",
+        help="train a policy (offline DPO/IPO/robust DPO, or online Nash) from a YAML config",
+    )
     tr.add_argument("config", type=Path, help="YAML config, e.g. configs/train/dpo_tiny.yaml")
     _train_options(tr)
     tr.add_argument(

@@ -8,6 +8,9 @@
 * :class:`PreferenceLoader` — deterministic shuffling by ``(seed, epoch)``,
   static shapes (``max_length`` or buckets), per-process slices, and a JSON-able
   :class:`LoaderState` for exact resumption.
+* :func:`read_prompts` / :class:`PromptDataset` — prompts only (for online
+  training): rendered like preference prompts, left-truncated, left-padded to
+  one static width, drawn uniformly with a PRNG key.
 * :func:`make_tiny_preference_dataset` — a learnable synthetic dataset.
 """
 
@@ -32,12 +35,26 @@ from jaxalign.data.preference import (
     parse_preference_row,
     read_preference_rows,
 )
+from jaxalign.data.prompts import (
+    PromptBatch,
+    PromptDataset,
+    iter_prompt_rows,
+    load_prompt_dataset,
+    local_prompt_batch,
+    parse_prompt_row,
+    read_prompts,
+)
 from jaxalign.data.synthetic import (
     TINY_WORDS,
     make_tiny_preference_dataset,
     tiny_preference_score,
 )
-from jaxalign.data.tokenize import TokenizedPair, render_text, tokenize_preference_row
+from jaxalign.data.tokenize import (
+    TokenizedPair,
+    render_text,
+    tokenize_preference_row,
+    tokenize_prompt,
+)
 
 __all__ = [
     "TINY_WORDS",
@@ -48,19 +65,27 @@ __all__ = [
     "PreferenceDataset",
     "PreferenceLoader",
     "PreferenceRow",
+    "PromptBatch",
+    "PromptDataset",
     "TokenizedPair",
     "bucket_length",
     "build_preference_loader",
     "collate_preference_batch",
     "dataset_files",
     "epoch_permutation",
+    "iter_prompt_rows",
     "load_preference_dataset",
+    "load_prompt_dataset",
+    "local_prompt_batch",
     "make_tiny_preference_dataset",
     "pad_token_id",
     "parse_preference_row",
+    "parse_prompt_row",
     "process_slice",
     "read_preference_rows",
+    "read_prompts",
     "render_text",
     "tiny_preference_score",
     "tokenize_preference_row",
+    "tokenize_prompt",
 ]

@@ -56,6 +56,26 @@ def _eos(tokenizer: Any) -> list[int]:
     return [] if eos is None else [int(eos)]
 
 
+def _chat_prompt_text(tokenizer: Any, prompt: list[Message]) -> str:
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Text, *, use_chat_template: bool = True) -> list[int]:
+    """Token ids of a prompt exactly as :func:`tokenize_preference_row` renders it (untruncated).
+
+    A plain string is tokenised with the tokenizer's special tokens (BOS where it
+    adds one). A conversation is the chat template with the generation prompt
+    (no extra special tokens) when the tokenizer has a template and
+    ``use_chat_template``, else ``role: content`` lines followed by
+    ``assistant: ``, tokenised with special tokens.
+    """
+    if isinstance(prompt, str):
+        return _ids(tokenizer, prompt, special=True)
+    if use_chat_template and _has_chat_template(tokenizer):
+        return _ids(tokenizer, _chat_prompt_text(tokenizer, prompt), special=False)
+    return _ids(tokenizer, _render_plain(prompt, generation_prompt=True), special=True)
+
+
 def _tokenize_conversation(
     tokenizer: Any,
     prompt: list[Message],
@@ -64,10 +84,9 @@ def _tokenize_conversation(
     use_chat_template: bool,
     add_eos: bool,
 ) -> tuple[list[int], list[list[int]]]:
+    prompt_ids = tokenize_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
     if use_chat_template and _has_chat_template(tokenizer):
-        prompt_text = tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True
-        )
+        prompt_text = _chat_prompt_text(tokenizer, prompt)
         outs = []
         for response in responses:
             full = tokenizer.apply_chat_template(prompt + response, tokenize=False)
@@ -78,8 +97,7 @@ def _tokenize_conversation(
                 # the response contents followed by EOS.
                 text = "".join(m["content"] for m in response)
                 outs.append(_ids(tokenizer, text, special=False) + _eos(tokenizer))
-        return _ids(tokenizer, prompt_text, special=False), outs
-    prompt_ids = _ids(tokenizer, _render_plain(prompt, generation_prompt=True), special=True)
+        return prompt_ids, outs
     outs = []
     for response in responses:
         # The first response message follows the "assistant: " generation prompt.
@@ -124,7 +142,7 @@ def tokenize_preference_row(
             add_eos=add_eos,
         )
     else:
-        prompt_ids = _ids(tokenizer, row.prompt, special=True)
+        prompt_ids = tokenize_prompt(tokenizer, row.prompt)
         eos = _eos(tokenizer) if add_eos else []
         chosen_ids = _ids(tokenizer, row.chosen, special=False) + eos
         rejected_ids = _ids(tokenizer, row.rejected, special=False) + eos
@@ -150,4 +168,4 @@ def render_text(text: Text) -> str:
     return _render_plain(text, generation_prompt=False)
 
 
-__all__ = ["TokenizedPair", "render_text", "tokenize_preference_row"]
+__all__ = ["TokenizedPair", "render_text", "tokenize_preference_row", "tokenize_prompt"]

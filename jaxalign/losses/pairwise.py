@@ -32,6 +32,8 @@ INPO              π_t (1 − sτ), π_ref (sτ)                s/2             
 ONPO              π'_t (1)                                s/2                       squared
 MNPO              π_ref (ρ), π_{t−j} ((1−ρ)λ_j)           s/2                       squared
 EGPO              π_ref (1)                               (P(a≻c)−P(b≻c))/τ         squared
+EGPO step         π_t (1 − sτ), π_ref (sτ)                s(P(a≻c)−P(b≻c))          squared
+Nash-MD           π_t (1 − sτ), π_ref (sτ); pairs ~ π^μ   s/2                       squared
 ================  ======================================  ========================  ==========
 
 SPPO regresses each response separately (a *pointwise* instance, :func:`sppo_loss`).
@@ -264,6 +266,59 @@ def egpo_loss(policy_a, policy_b, ref_a, ref_b, win_a, win_b, *, tau: float) -> 
     _checks.check_positive("tau", tau)
     target = (jnp.asarray(win_a) - jnp.asarray(win_b)) / tau
     return pairwise_preference_loss(policy_a, policy_b, [Anchor(ref_a, ref_b)], target=target)
+
+
+def egpo_step_loss(
+    policy_a,
+    policy_b,
+    ref_a,
+    ref_b,
+    current_a,
+    current_b,
+    win_a,
+    win_b,
+    *,
+    step_size: float,
+    tau: float,
+) -> PairwiseOutput:
+    r"""One EGPO extragradient step as a regression: anchors :math:`\pi_t` (weight
+    :math:`1-s\tau`) and :math:`\pi_{ref}` (weight :math:`s\tau`), target
+    :math:`s\,(P(a\succ c) - P(b\succ c))` per pair.
+
+    ``(a, b)`` are i.i.d. draws from any full-support policy (the online loop uses
+    :math:`\pi_t`), ``win_a``/``win_b`` are (possibly 0/1-sampled) labels of ``a`` and ``b``
+    against a third draw :math:`c \sim \nu`. Since :math:`E[\text{target}\mid a,b] =
+    s((P\nu)_a - (P\nu)_b)`, the population minimiser is the mirror step
+    :math:`\pi \propto \pi_t^{1-s\tau}\pi_{ref}^{s\tau}e^{sP\nu}`: with
+    :math:`\nu = \pi_t` the half step :math:`\pi_{t+1/2}`, with :math:`\nu = \pi_{t+1/2}` the
+    full step :math:`\pi_{t+1}` of :func:`jaxalign.games.egpo`. With :math:`s = 1/\tau` the
+    :math:`\pi_t` anchor drops out and this is the paper's :func:`egpo_loss`.
+    """
+    _checks.check_positive("step_size", step_size)
+    _checks.check_nonnegative("tau", tau)
+    st = step_size * tau
+    if _checks.is_concrete(st) and float(st) > 1:
+        raise ValueError(f"step_size * tau must be <= 1, got {step_size} * {tau}")
+    target = step_size * (jnp.asarray(win_a) - jnp.asarray(win_b))
+    anchors = [Anchor(current_a, current_b, 1.0 - st), Anchor(ref_a, ref_b, st)]
+    return pairwise_preference_loss(policy_a, policy_b, anchors, target=target)
+
+
+def nash_md_loss(
+    policy_w, policy_l, ref_w, ref_l, current_w, current_l, *, step_size: float, tau: float
+) -> PairwiseOutput:
+    r"""Nash-MD as a regression: anchor the geometric mixture
+    :math:`\log\pi^\mu_t = (1-s\tau)\log\pi_t + s\tau\log\pi_{ref}` (up to its normaliser,
+    which cancels in the pairwise difference), target :math:`s/2`.
+
+    Same anchors as :func:`inpo_loss`, but the pairs must be drawn from the **mixture**
+    :math:`\pi^\mu_t` (the population-loss lemma), so the population minimiser is
+    :math:`\pi^\mu_t e^{sP\pi^\mu_t}`, the Nash-MD update. Nash-MD-PG's practical sampler
+    draws from the token-level mixture instead (:func:`token_level_mixture`).
+    """
+    return inpo_loss(
+        policy_w, policy_l, ref_w, ref_l, current_w, current_l, step_size=step_size, tau=tau
+    )
 
 
 def sppo_loss(

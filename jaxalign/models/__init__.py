@@ -17,6 +17,7 @@ from jaxalign.models.heads import (
     bradley_terry_probability,
     last_token_index,
     preference_logit,
+    preference_model_from_pretrained,
     reward_model_from_pretrained,
     rewards,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "pad_batch",
     "positions_from_mask",
     "preference_logit",
+    "preference_model_from_pretrained",
     "reward_model_from_pretrained",
     "rewards",
     "save_pretrained",

@@ -14,7 +14,8 @@
   floating point and P(y ≻ y') + P(y' ≻ y) = 1 up to one rounding of σ. Both sides
   share one trunk pass (batch [y; y']) so their features are computed identically.
   With k ≥ 1 the model can express cyclic (rock-paper-scissors) preferences that no
-  reward model can.
+  reward model can. ``save_pretrained`` writes it (rank recorded in ``config.json``);
+  :func:`preference_model_from_pretrained` reads it back.
 
 References:
   Zhang, Y. et al. (2024). Beyond Bradley-Terry Models: A General Preference Model for
@@ -184,6 +185,91 @@ class PreferenceModel(Constructible):
     ) -> Float[Array, " b"]:
         """P(a ≻ b | x) for each row."""
         return jax.nn.sigmoid(self.logit(tokens_a, tokens_b, mask_a, mask_b))
+
+    def hf_config(self) -> dict:
+        """``config.json`` for :func:`~jaxalign.models.save_pretrained`.
+
+        The trunk's HF config, with ``architectures = ["PreferenceModel"]`` (no
+        transformers class loads this head) and ``preference_model = {"rank": k}``, which
+        :func:`preference_model_from_pretrained` reads back. The heads are stored as
+        ``reward.weight`` ``[1, hidden]`` and ``embedding.weight`` ``[2k, hidden]`` (absent
+        when k = 0), next to the trunk's ``model.*`` tensors.
+        """
+        out = self.config.to_hf_config()
+        out["architectures"] = [PREFERENCE_ARCHITECTURE]
+        out[PREFERENCE_CONFIG_KEY] = {"rank": self.rank}
+        return out
+
+
+# config.json entries written by PreferenceModel.hf_config.
+PREFERENCE_ARCHITECTURE = "PreferenceModel"
+PREFERENCE_CONFIG_KEY = "preference_model"
+
+
+def preference_model_from_pretrained(
+    path: str | os.PathLike,
+    *,
+    rank: int | None = None,
+    dtype=None,
+    param_dtype=None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: LogicalRules | None = None,
+    key: jax.Array | None = None,
+) -> PreferenceModel:
+    """Loads a directory written by ``save_pretrained(preference_model, path)``.
+
+    The rank k of the skew-symmetric embedding is read from ``config.json``
+    (``preference_model.rank``, see :meth:`PreferenceModel.hf_config`). With ``key``
+    (and ``rank``), any other local HF directory of a supported trunk is accepted too —
+    a ``*ForCausalLM`` or ``*ForSequenceClassification`` checkpoint: the trunk is
+    loaded, its LM head / ``score`` head ignored, and fresh ``reward`` / ``embedding``
+    heads initialised from ``key`` (a preference model to be trained).
+
+    Args:
+      path: local directory with ``config.json`` and safetensors (nothing is downloaded).
+      rank: k ≥ 0; must match the saved rank when the directory records one, and is
+        required when it does not.
+      dtype, param_dtype, mesh, rules: as in :func:`~jaxalign.models.from_pretrained`.
+      key: initialises the heads that are absent from the checkpoint.
+
+    Raises:
+      ValueError: rank missing or inconsistent, heads absent without ``key``, or any
+        mismatch between the checkpoint and the model (see ``from_pretrained``).
+    """
+    config = read_hf_config(path)
+    saved = config.get(PREFERENCE_CONFIG_KEY)
+    if saved is not None:
+        if not isinstance(saved, dict) or not isinstance(saved.get("rank"), int):
+            raise ValueError(
+                f"{path}/config.json has {PREFERENCE_CONFIG_KEY}={saved!r}; expected "
+                '{"rank": <int >= 0>}'
+            )
+        if rank is not None and rank != saved["rank"]:
+            raise ValueError(
+                f"rank={rank} does not match the saved preference model's rank "
+                f"{saved['rank']} in {path}/config.json"
+            )
+        rank = saved["rank"]
+    elif rank is None:
+        raise ValueError(
+            f"{path}/config.json records no {PREFERENCE_CONFIG_KEY!r} section (not saved "
+            "from a PreferenceModel); pass rank= and key= to put fresh heads on this trunk"
+        )
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
+    fresh_heads = key is not None
+    return load_pretrained(
+        PreferenceModel,
+        path,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        mesh=mesh,
+        rules=rules,
+        fresh=(lambda name: name.startswith(("reward.", "embedding."))) if fresh_heads else None,
+        key=key,
+        ignore=lambda name: fresh_heads and name in ("lm_head.weight", "score.weight"),
+        rank=rank,
+    )
 
 
 def _skew(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Batched autoregressive sampling with a KV cache and a jitted ``lax.while_loop`` decode.
+r"""Batched autoregressive sampling with a KV cache and a jitted ``lax.while_loop`` decode.
 
 One call of :func:`generate`:
 
@@ -15,6 +15,26 @@ One call of :func:`generate`:
 Sampling applies the temperature, then nucleus (top-p) truncation; temperature 0 is
 greedy (argmax). The whole of steps 2-3 is one ``jax.jit`` (compiled once per shapes,
 graph and sampling settings).
+
+With a ``mixture_model`` (e.g. the frozen reference π_ref) both models run in lockstep,
+each with its own KV cache, and every token is drawn from the per-token geometric
+mixture that Nash-MD-PG samples opponents from,
+
+.. math::
+    \log\pi^{\alpha}(y_t \mid x, y_{<t}) =
+    \operatorname{log\_softmax}\big(\alpha \log\pi_{ref}(\cdot \mid x, y_{<t})
+    + (1-\alpha) \log\pi(\cdot \mid x, y_{<t})\big)_{y_t},
+
+(:func:`jaxalign.losses.token_level_mixture`), then temperature and top-p as usual.
+Per step this is the normalised geometric mean of the two next-token distributions;
+over whole sequences it is **not** the sequence-level mixture
+:math:`\pi^{1-\alpha}\pi_{ref}^{\alpha}/Z` of Nash-MD's theory
+(:func:`jaxalign.losses.sequence_level_mixture`), because each step is normalised
+separately.
+
+References:
+  Munos et al., "Nash Learning from Human Feedback", ICML 2024 (Nash-MD, and its
+  token-level mixture for Nash-MD-PG).
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxalign._checks import is_concrete
+from jaxalign.losses.pairwise import token_level_mixture
 from jaxalign.models.transformer import positions_from_mask
 
 
@@ -49,6 +70,9 @@ class Generation(NamedTuple):
     # The prompts, left-aligned (pads first), and their attention mask.
     prompt_tokens: Int[Array, "b p"]
     prompt_mask: Bool[Array, "b p"]
+    # log π_mixture_model(token | prefix) (temperature 1, full vocabulary) when sampling
+    # from a mixture; zeros without one (from :func:`generate`). 0 where masked.
+    reference_logprobs: Float[Array, "b n"] | None = None
 
     @property
     def sequences(self) -> Int[Array, "b p+n"]:
@@ -73,33 +97,66 @@ def left_align(
     return jnp.take_along_axis(tokens, order, axis=-1), jnp.take_along_axis(mask, order, axis=-1)
 
 
-def _sample(logits, key, temperature: float, top_p: float):
-    """(token, model log-prob, sampling log-prob) for each row of ``logits`` (b, v)."""
-    logp = jax.nn.log_softmax(logits, axis=-1)
+def _gather(logp, token):
+    return jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def _draw(logits, key, temperature: float, top_p: float):
+    """(token, sampling log-prob) for each row of ``logits`` (b, v)."""
     if temperature == 0.0:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        sampling = jnp.zeros(token.shape, jnp.float32)
-    else:
-        scaled = logits / jnp.asarray(temperature, logits.dtype)
-        if top_p < 1.0:
-            # Keep the smallest set of most likely tokens whose mass reaches top_p.
-            sorted_desc = -jnp.sort(-scaled, axis=-1)
-            probs = jax.nn.softmax(sorted_desc, axis=-1)
-            keep = (jnp.cumsum(probs, axis=-1) - probs) < jnp.asarray(top_p, probs.dtype)
-            cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-            scaled = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
-        token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-        sampling_logp = jax.nn.log_softmax(scaled, axis=-1)
-        sampling = jnp.take_along_axis(sampling_logp, token[:, None], axis=-1)[:, 0]
-    model_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
-    return token, model_logp, sampling
+        return token, jnp.zeros(token.shape, jnp.float32)
+    scaled = logits / jnp.asarray(temperature, logits.dtype)
+    if top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        sorted_desc = -jnp.sort(-scaled, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < jnp.asarray(top_p, probs.dtype)
+        cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
+    token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    return token, _gather(jax.nn.log_softmax(scaled, axis=-1), token)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p"))
+def _sample(logits, ref_logits, mix, key, temperature: float, top_p: float):
+    """(token, model log-prob, sampling log-prob, reference log-prob or None) per row.
+
+    Without ``ref_logits`` the token is drawn from ``logits``; with them, from the
+    token-level geometric mixture of the two (weight ``mix`` on the reference).
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if ref_logits is None:
+        token, sampling = _draw(logits, key, temperature, top_p)
+        return token, _gather(logp, token), sampling, None
+    mixed = token_level_mixture(logits, ref_logits, mix=mix)
+    token, sampling = _draw(mixed, key, temperature, top_p)
+    ref_logp = jax.nn.log_softmax(ref_logits, axis=-1)
+    return token, _gather(logp, token), sampling, _gather(ref_logp, token)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "ref_graphdef", "max_new_tokens", "temperature", "top_p"),
+)
 def _generate(
-    graphdef, state, prompts, mask, key, eos_ids, pad_id, *, max_new_tokens, temperature, top_p
+    graphdef,
+    state,
+    prompts,
+    mask,
+    key,
+    eos_ids,
+    pad_id,
+    *,
+    max_new_tokens,
+    temperature,
+    top_p,
+    ref_graphdef=None,
+    ref_state=None,
+    mix=None,
 ):
     model = nnx.merge(graphdef, state)
+    mixing = ref_graphdef is not None
+    ref_model = nnx.merge(ref_graphdef, ref_state) if mixing else None
     b, p = prompts.shape
     n = max_new_tokens
     s = p + n
@@ -109,11 +166,17 @@ def _generate(
     prefill_mask = (slots[None, :] <= jnp.arange(p, dtype=jnp.int32)[:, None])[None] & key_valid[
         :, None, :
     ]
-    logits, cache = model.decode_step(
-        prompts, positions_from_mask(mask), prefill_mask, cache, jnp.zeros((), jnp.int32)
-    )
-    first, first_lp, first_slp = _sample(
-        logits[:, -1], jax.random.fold_in(key, 0), temperature, top_p
+    prefill_args = (prompts, positions_from_mask(mask), prefill_mask)
+    zero_index = jnp.zeros((), jnp.int32)
+    logits, cache = model.decode_step(*prefill_args, cache, zero_index)
+    ref_logits = ref_cache = None
+    if mixing:
+        ref_logits, ref_cache = ref_model.decode_step(
+            *prefill_args, ref_model.init_cache(b, s), zero_index
+        )
+        ref_logits = ref_logits[:, -1]
+    first, first_lp, first_slp, first_rlp = _sample(
+        logits[:, -1], ref_logits, mix, jax.random.fold_in(key, 0), temperature, top_p
     )
     is_eos = lambda tok: jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
     zeros_f = jnp.zeros((b, n), jnp.float32)
@@ -129,6 +192,8 @@ def _generate(
         sampling=zeros_f.at[:, 0].set(first_slp),
         alive=jnp.zeros((b, n), bool).at[:, 0].set(True),
     )
+    if mixing:
+        carry.update(ref_cache=ref_cache, ref_logprobs=zeros_f.at[:, 0].set(first_rlp))
 
     def cond(c):
         return (c["t"] < n) & ~jnp.all(c["done"])
@@ -139,15 +204,20 @@ def _generate(
         prev_alive = jax.lax.dynamic_index_in_dim(c["alive"], t - 1, axis=1, keepdims=False)
         key_valid = jax.lax.dynamic_update_index_in_dim(c["key_valid"], prev_alive, slot, axis=1)
         step_mask = key_valid[:, None, :] & (slots <= slot)[None, None, :]
-        logits, cache = model.decode_step(
-            c["last"][:, None], c["position"][:, None], step_mask, c["cache"], slot
+        step_args = (c["last"][:, None], c["position"][:, None], step_mask)
+        logits, cache = model.decode_step(*step_args, c["cache"], slot)
+        ref_logits = ref_cache = None
+        if mixing:
+            ref_logits, ref_cache = ref_model.decode_step(*step_args, c["ref_cache"], slot)
+            ref_logits = ref_logits[:, 0]
+        token, lp, slp, rlp = _sample(
+            logits[:, 0], ref_logits, mix, jax.random.fold_in(key, t), temperature, top_p
         )
-        token, lp, slp = _sample(logits[:, 0], jax.random.fold_in(key, t), temperature, top_p)
         alive = ~c["done"]
         token = jnp.where(alive, token, pad_id)
         zero = jnp.zeros((), jnp.float32)
         put = lambda buf, col: jax.lax.dynamic_update_index_in_dim(buf, col, t, axis=1)
-        return dict(
+        out = dict(
             t=t + 1,
             cache=cache,
             key_valid=key_valid,
@@ -159,9 +229,15 @@ def _generate(
             sampling=put(c["sampling"], jnp.where(alive, slp, zero)),
             alive=put(c["alive"], alive),
         )
+        if mixing:
+            out.update(
+                ref_cache=ref_cache,
+                ref_logprobs=put(c["ref_logprobs"], jnp.where(alive, rlp, zero)),
+            )
+        return out
 
     c = jax.lax.while_loop(cond, body, carry)
-    return c["tokens"], c["logprobs"], c["sampling"], c["alive"]
+    return c["tokens"], c["logprobs"], c["sampling"], c["alive"], c.get("ref_logprobs")
 
 
 def generate(
@@ -175,8 +251,17 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     prompt_mask: Int[Array, "b p"] | None = None,
+    mixture_model=None,
+    mixture_weight: float | Float[Array, ""] = 0.0,
 ) -> Generation:
     """Samples up to ``max_new_tokens`` tokens after each prompt with a KV cache.
+
+    With ``mixture_model`` the tokens come from the token-level geometric mixture
+    ``log_softmax(α·log π_mix + (1 − α)·log π_model)`` (α = ``mixture_weight``), both
+    models decoding in lockstep with their own KV caches; α = 0 samples ``model``
+    (same tokens as without a mixture, for the same key), α = 1 samples
+    ``mixture_model``. Nash-MD-PG draws its opponents this way with the reference as
+    ``mixture_model``.
 
     Args:
       model: a :class:`~jaxalign.models.CausalLM`.
@@ -189,10 +274,16 @@ def generate(
         stops nothing).
       pad_token_id: id written after a response ends (default: config's, else 0).
       prompt_mask: 1 for real prompt tokens, 0 for padding (default: all real).
+      mixture_model: optional second :class:`~jaxalign.models.CausalLM` with the same
+        vocabulary (e.g. the frozen reference π_ref) to mix with ``model`` per token.
+      mixture_weight: α in [0, 1], the weight of ``mixture_model`` (may be a traced
+        scalar: changing it does not recompile). Must be 0 without ``mixture_model``.
 
     Returns:
       A :class:`Generation` (tokens, model and sampling log-probs, response mask, the
-      left-aligned prompts).
+      left-aligned prompts, and log π_mixture_model of the tokens — zeros without a
+      mixture). ``logprobs`` stay those of ``model``; ``sampling_logprobs`` are those of
+      the mixture after temperature and top-p.
     """
     prompts = jnp.asarray(prompts)
     if prompts.ndim != 2 or not jnp.issubdtype(prompts.dtype, jnp.integer):
@@ -213,6 +304,24 @@ def generate(
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     config = model.config
+    weight_concrete = is_concrete(mixture_weight)
+    if mixture_model is None:
+        if not weight_concrete or float(np.asarray(mixture_weight)) != 0.0:
+            raise ValueError(
+                f"mixture_weight={mixture_weight!r} needs a mixture_model (got None); "
+                "expected 0 without one"
+            )
+    else:
+        mix = jnp.asarray(mixture_weight, jnp.float32)
+        if mix.shape != ():
+            raise ValueError(f"mixture_weight must be a scalar, got shape {mix.shape}")
+        if weight_concrete and not 0.0 <= float(mix) <= 1.0:
+            raise ValueError(f"mixture_weight must be in [0, 1], got {float(mix)}")
+        if mixture_model.config.vocab_size != config.vocab_size:
+            raise ValueError(
+                f"mixture_model.config.vocab_size={mixture_model.config.vocab_size} must "
+                f"equal model.config.vocab_size={config.vocab_size}"
+            )
     if eos_token_id is None:
         eos = config.eos_token_id
     else:
@@ -223,7 +332,11 @@ def generate(
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
     tokens_l, mask_l = left_align(prompts.astype(jnp.int32), mask)
     graphdef, state = nnx.split(model)
-    tokens, logprobs, sampling, alive = _generate(
+    mixture = {}
+    if mixture_model is not None:
+        ref_graphdef, ref_state = nnx.split(mixture_model)
+        mixture = dict(ref_graphdef=ref_graphdef, ref_state=ref_state, mix=mix)
+    tokens, logprobs, sampling, alive, ref_logprobs = _generate(
         graphdef,
         state,
         tokens_l,
@@ -234,5 +347,8 @@ def generate(
         max_new_tokens=int(max_new_tokens),
         temperature=temperature,
         top_p=top_p,
+        **mixture,
     )
-    return Generation(tokens, logprobs, sampling, alive, tokens_l, mask_l)
+    if ref_logprobs is None:
+        ref_logprobs = jnp.zeros_like(logprobs)
+    return Generation(tokens, logprobs, sampling, alive, tokens_l, mask_l, ref_logprobs)

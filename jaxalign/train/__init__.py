@@ -11,8 +11,9 @@
   :func:`init_train_state`, :func:`train_shardings` — its state.
 * :func:`multiobjective_dpo_step` — K DPO losses combined by a
   :mod:`jaxalign.multiobjective` aggregator inside one jitted step.
-* :func:`online_train` — online Nash preference optimisation (INPO, ONPO, online IPO,
-  MNPO) of a causal LM with a preference oracle, scored exactly on the enumerable
+* :class:`OnlineTrainer` / :func:`online_train` — online Nash preference optimisation
+  (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO) of a causal LM with a preference oracle
+  (:mod:`jaxalign.train.oracles`), on real prompts or scored exactly on the enumerable
   testbed; :func:`tabular_baseline` runs the matching :mod:`jaxalign.games` solver.
 """
 
@@ -47,17 +48,36 @@ from jaxalign.train.multiobjective import (
 )
 from jaxalign.train.online import ALGORITHMS as ONLINE_ALGORITHMS
 from jaxalign.train.online import (
+    FixedPrompt,
     OnlineConfig,
     OnlineHistory,
     OnlineResult,
-    Oracle,
+    OnlineTrainer,
+    PromptSource,
+    TestbedTask,
     average_policy_gaps,
     online_train,
     tabular_baseline,
     tabular_solver,
-    testbed_oracle,
+)
+from jaxalign.train.online_run import (
+    OnlineTrainConfig,
+    load_online_config,
+    train_online,
 )
 from jaxalign.train.optim import make_optimizer, make_schedule
+from jaxalign.train.oracles import (
+    Oracle,
+    Responses,
+    annotator_mixture_oracle,
+    enumerated_game,
+    load_oracle,
+    preference_model_oracle,
+    responses_from_generation,
+    reward_model_oracle,
+    testbed_oracle,
+    testbed_responses,
+)
 from jaxalign.train.state import (
     Shardings,
     TrainState,
@@ -74,6 +94,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "DebugConfig",
+    "FixedPrompt",
     "InitConfig",
     "LoggingConfig",
     "MultiObjectiveMetrics",
@@ -81,23 +102,32 @@ __all__ = [
     "OnlineConfig",
     "OnlineHistory",
     "OnlineResult",
+    "OnlineTrainConfig",
+    "OnlineTrainer",
     "OptimizerConfig",
     "Oracle",
     "PreferenceBatches",
+    "PromptSource",
+    "Responses",
     "RunConfig",
     "ScheduleConfig",
     "ShardingConfig",
     "Shardings",
+    "TestbedTask",
     "TinyDataConfig",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "abstract_model",
+    "annotator_mixture_oracle",
     "average_policy_gaps",
     "config_to_dict",
     "dpo_step_flops",
     "dpo_train_step",
+    "enumerated_game",
     "init_train_state",
+    "load_online_config",
+    "load_oracle",
     "load_train_config",
     "make_optimizer",
     "make_schedule",
@@ -105,12 +135,17 @@ __all__ = [
     "measure_matmul_peak",
     "multiobjective_dpo_step",
     "online_train",
+    "preference_model_oracle",
     "read_jsonl",
+    "responses_from_generation",
+    "reward_model_oracle",
     "save_run_summary",
     "tabular_baseline",
     "tabular_solver",
     "testbed_oracle",
+    "testbed_responses",
     "train",
     "train_config_from_dict",
+    "train_online",
     "train_shardings",
 ]

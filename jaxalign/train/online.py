@@ -1,84 +1,106 @@
 r"""Online Nash preference optimisation of a causal LM: sample, label, fit the pairwise loss.
 
-Why: the Nash-learning algorithms (INPO, ONPO, online IPO, MNPO) are *iterative*: each
-outer iteration samples fresh pairs from the current policy :math:`\pi_t`, labels them
-with a preference oracle and fits the next policy by minimising a pairwise loss of
-:mod:`jaxalign.losses.pairwise` against frozen anchors. The population minimiser of
-that loss is the tabular update of :mod:`jaxalign.games` (``step_size`` :math:`s`,
-target :math:`s/2`), so on the enumerable testbed (:mod:`jaxalign.data.testbed`) the
-LLM loop can be scored with the *exact* duality gap and compared with the tabular solver.
+Why: the Nash-learning algorithms (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO) are
+*iterative*: each outer iteration samples fresh pairs from the current policy
+:math:`\pi_t` (or a policy built from it), labels them with a preference oracle and fits
+the next policy by minimising a pairwise loss of :mod:`jaxalign.losses.pairwise` against
+frozen anchors. The population minimiser of that loss is the tabular update of
+:mod:`jaxalign.games` (``step_size`` :math:`s`), so on the enumerable testbed
+(:mod:`jaxalign.data.testbed`) the LLM loop is scored with the *exact* duality gap and
+compared with the tabular solver; on real prompts (:class:`OnlineTrainer` with a prompt
+dataset and a reward- or preference-model oracle, see :mod:`jaxalign.train.oracles`) the
+same loop trains a Hugging Face checkpoint, sharded over a mesh.
 
 One outer iteration :math:`t` (``B`` pairs, ``inner_steps`` Adam steps per fit):
 
-1. sample :math:`(y_i, y'_i) \sim \pi_t` i.i.d. with the KV-cache sampler
-   (:func:`jaxalign.models.generate`; MNPO: from the mixture of its opponents);
+1. draw ``B`` prompts; sample two responses per prompt with the KV-cache sampler
+   (:func:`jaxalign.models.generate`) from the algorithm's sampling policy;
 2. label them: ``oracle(key, a, b)`` returns :math:`w_i \in [0, 1]`, the probability (or
    a hard 0/1 label) that ``a`` wins; the loss of a pair is
    :math:`w\,\ell(a, b) + (1 - w)\,\ell(b, a)`;
-3. compute the frozen anchors' sequence log-probs on the pairs;
-4. fit the policy (warm-started at its anchor) on the algorithm's loss:
+3. compute the frozen anchors' sequence log-probs on the pairs (the anchors are kept as
+   frozen, sharded parameter trees: π_ref, π'_t, past iterates);
+4. fit the policy (warm-started) on the algorithm's loss:
 
-=============  ==========================================================  ======================
-algorithm      anchors (weights) · target                                  tabular solver
-=============  ==========================================================  ======================
-``inpo``       π_t (1 − sτ), π_ref (sτ) · s/2                              ``games.inpo(s, tau)``
-``onpo``       phase 1: π'_t · s/2 → π'_{t+1}; phase 2: π'_{t+1} · s/2      ``games.onpo(s)``
-               → π_{t+1}; both on the pairs from π_t
-``online_ipo`` π_ref (1) · 1/(2τ)                                          ``games.inpo(1/τ, tau)``
-``mnpo``       π_ref (sτ), π_{t−j} ((1 − sτ)λ_j) · s/2, pairs ~ Σλ_jπ_{t−j}    ``games.mnpo(s)``
-=============  ==========================================================  ======================
+=============  ==============================================================  =================
+algorithm      pairs · anchors (weights) · target                              tabular solver
+=============  ==============================================================  =================
+``inpo``       π_t · π_t (1 − sτ), π_ref (sτ) · s/2                            ``inpo(s, τ)``
+``onpo``       π_t · phase 1: π'_t → π'_{t+1}; phase 2: π'_{t+1} → π_{t+1};     ``onpo(s)``
+               both target s/2
+``online_ipo`` π_t · π_ref (1) · 1/(2τ)                                        ``inpo(1/τ, τ)``
+``mnpo``       Σλ_jπ_{t−j} · π_ref (sτ), π_{t−j} ((1 − sτ)λ_j) · s/2             ``mnpo(s)``
+``nash_md``    π^μ_t · π_t (1 − sτ), π_ref (sτ) · s/2                          ``nash_md(s, τ)``
+``egpo``       π_t · π_t (1 − sτ), π_ref (sτ); half step: target s/2 →          ``egpo(s, τ)``
+               π_{t+½}; full step: target s(w(a, c) − w(b, c)), c ~ π_{t+½}
+=============  ==============================================================  =================
+
+Nash-MD's mixture :math:`\pi^\mu_t \propto \pi_t^{1-s\tau}\pi_{\rm ref}^{s\tau}` is sampled
+either exactly over whole sequences (``mixture="sequence"``, the theory's; needs an
+enumerable response space, i.e. the testbed) or per token (``mixture="token"``, what
+Nash-MD-PG samples; any model) — the ``tokenmix-vs-seqmix`` study computes the gap.
 
 Convergence is that of the tabular solver up to the sampling and fitting error of each
 iteration (average iterate :math:`O(1/\sqrt T)` for INPO/MNPO, :math:`O(1/T)` for ONPO;
-online IPO is a fixed-point iteration with no guarantee).
+last iterate for Nash-MD (decaying steps) and EGPO (linear, regularised game); online IPO
+is a fixed-point iteration with no guarantee).
 
 References:
   Zhang et al. 2024 (INPO); Zhang et al. 2025, "Improving LLM General Preference Alignment
   via Optimistic Online Mirror Descent" (ONPO); Calandriello et al. 2024 (online IPO);
-  Wu et al. 2025, "Multiplayer Nash Preference Optimization" (MNPO).
+  Wu et al. 2025, "Multiplayer Nash Preference Optimization" (MNPO); Munos et al. 2023
+  (Nash-MD); Zhou, Fazel, Du 2025 (EGPO).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from jaxalign import _checks
 from jaxalign import games as G
 from jaxalign.data import testbed as tb
 from jaxalign.losses import pairwise as pw
-from jaxalign.models import generate, sequence_logprobs
+from jaxalign.models import axis_rules, generate, sequence_logprobs, state_shardings
+from jaxalign.train.oracles import Oracle, Responses, testbed_oracle
 
-Algorithm = Literal["inpo", "onpo", "online_ipo", "mnpo"]
-ALGORITHMS: tuple[str, ...] = ("inpo", "onpo", "online_ipo", "mnpo")
-
-# oracle(key, responses_a [B, L], responses_b [B, L]) -> [B] P(a wins) or 0/1 label.
-Oracle = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+Algorithm = Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md"]
+ALGORITHMS: tuple[str, ...] = ("inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md")
+# Algorithms whose update is π ∝ π_t^{1-sτ} π_ref^{sτ} e^{s·…}: s·τ ≤ 1.
+_MIRROR = ("inpo", "mnpo", "egpo", "nash_md")
 
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
-    """Hyperparameters of :func:`online_train`.
+    """Hyperparameters of the online loop.
 
     Attributes:
-      algorithm: ``"inpo"``, ``"onpo"``, ``"online_ipo"`` or ``"mnpo"``.
+      algorithm: one of :data:`ALGORITHMS`.
       num_iterations: outer iterations T.
-      batch_size: pairs B sampled per iteration.
-      inner_steps: Adam steps per fit (ONPO fits twice per iteration).
+      batch_size: pairs B sampled per iteration (prompts drawn per iteration).
+      inner_steps: Adam steps per fit (ONPO and EGPO fit twice per iteration).
       learning_rate: Adam learning rate.
-      step_size: s of the tabular update (INPO's 1/η, ONPO's η, MNPO's η).
-      tau: KL weight (INPO, MNPO: ≥ 0; online IPO: > 0; ignored by ONPO).
+      step_size: s of the tabular update (INPO's 1/η, ONPO's / MNPO's / Nash-MD's /
+        EGPO's η).
+      tau: KL weight (INPO, MNPO, Nash-MD, EGPO: ≥ 0 with s·τ ≤ 1; online IPO: > 0;
+        ignored by ONPO).
       num_players: MNPO's n; the last n − 1 iterates are the opponents.
       opponent_weights: MNPO's λ (newest first; default uniform).
+      mixture: Nash-MD's opponent sampler, ``"token"`` (per-token geometric mixture,
+        any model) or ``"sequence"`` (exact sequence-level mixture; testbed only).
       temperature: sampling temperature of the pair generator.
+      top_p: nucleus mass of the pair generator (1 = off).
+      max_new_tokens: response length cap (the testbed's L when run on the testbed).
       adam_eps: Adam's ε. Kept well above float32 round-off of the log-ratios: at the
         anchor the loss gradient is round-off, which Adam would otherwise rescale into
         full-size steps onto responses no sampled pair constrains.
@@ -93,13 +115,16 @@ class OnlineConfig:
     tau: float = 0.0
     num_players: int = 3
     opponent_weights: tuple[float, ...] | None = None
+    mixture: Literal["token", "sequence"] = "token"
     temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
     adam_eps: float = 1e-3
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        for name in ("num_iterations", "batch_size", "inner_steps"):
+        for name in ("num_iterations", "batch_size", "inner_steps", "max_new_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -108,9 +133,13 @@ class OnlineConfig:
         _checks.check_nonnegative("tau", self.tau)
         _checks.check_positive("temperature", self.temperature)
         _checks.check_positive("adam_eps", self.adam_eps)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.mixture not in ("token", "sequence"):
+            raise ValueError(f"mixture must be 'token' or 'sequence', got {self.mixture!r}")
         if self.algorithm == "online_ipo" and self.tau <= 0:
             raise ValueError(f"online_ipo needs tau > 0, got {self.tau}")
-        if self.algorithm in ("inpo", "mnpo") and self.step_size * self.tau > 1:
+        if self.algorithm in _MIRROR and self.step_size * self.tau > 1:
             raise ValueError(
                 f"step_size * tau must be <= 1 (anchor weight 1 - s·tau >= 0), "
                 f"got {self.step_size} * {self.tau}"
@@ -137,8 +166,34 @@ class OnlineConfig:
         return np.asarray(self.opponent_weights, float)
 
 
+class PromptSource(Protocol):
+    """Where prompts come from: ``sample(key, n) -> (tokens [n, P], mask [n, P])``,
+    left-padded to the fixed width ``prompt_length``, the same on every process."""
+
+    @property
+    def prompt_length(self) -> int: ...
+
+    def sample(self, key: jax.Array, n: int) -> tuple[Any, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPrompt:
+    """One prompt for every pair (the testbed's)."""
+
+    tokens: tuple[int, ...]
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.tokens)
+
+    def sample(self, key: jax.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
+        del key
+        t = np.broadcast_to(np.asarray(self.tokens, np.int32), (n, len(self.tokens)))
+        return t, np.ones_like(t)
+
+
 class OnlineHistory(NamedTuple):
-    """Per-iteration records; entry 0 is the initial policy, entry t the policy after t."""
+    """Per-iteration records of a testbed run; entry 0 is π_0, entry t the policy after t."""
 
     duality_gap: Float[Array, "T1"]  # unregularised exact gap of π_t
     regularised_gap: Float[Array, "T1"]  # exact gap in the τ-regularised game (0 if τ = 0)
@@ -156,20 +211,13 @@ class OnlineResult(NamedTuple):
     log_ref: Float[Array, "n"]  # exact log π_ref on the testbed
 
 
-def testbed_oracle(testbed: tb.Testbed, game: G.PreferenceGame, *, sample: bool = True) -> Oracle:
-    """The testbed's preference oracle: Bernoulli(P[idx(a), idx(b)]) labels.
+class LoopState(NamedTuple):
+    """Everything an iteration reads and writes (parameter trees are frozen anchors)."""
 
-    With ``sample=False`` it returns the exact probability (soft labels, less variance).
-    """
-    p = jnp.asarray(game.preference)
-
-    def oracle(key: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-        prob = p[testbed.index_of(a), testbed.index_of(b)]
-        if not sample:
-            return prob
-        return jax.random.bernoulli(key, prob).astype(prob.dtype)
-
-    return oracle
+    iteration: int
+    params: nnx.State  # π_t
+    prime: nnx.State | None  # ONPO's π'_t
+    opponents: tuple[nnx.State, ...]  # MNPO's π_t, π_{t-1}, … (newest first)
 
 
 def tabular_solver(config: OnlineConfig, log_ref: Float[Array, "n"]) -> G.Solver:
@@ -181,6 +229,10 @@ def tabular_solver(config: OnlineConfig, log_ref: Float[Array, "n"]) -> G.Solver
         return G.onpo(s)
     if config.algorithm == "online_ipo":
         return G.inpo(1.0 / tau, tau=tau, ref=log_ref)
+    if config.algorithm == "nash_md":
+        return G.nash_md(s, tau=tau, ref=log_ref)
+    if config.algorithm == "egpo":
+        return G.egpo(s, tau=tau, ref=log_ref)
     return G.mnpo(
         s,
         num_players=config.num_players,
@@ -191,16 +243,23 @@ def tabular_solver(config: OnlineConfig, log_ref: Float[Array, "n"]) -> G.Solver
     )
 
 
-def _pair_loss(config: OnlineConfig, pa, pb, anc_a, anc_b) -> jax.Array:
-    """[B] loss ℓ(a, b) of the algorithm; ``anc_a``/``anc_b``: tuples of anchor log-probs."""
+# The loss each fit minimises, by kind; ``anc_*`` are tuples of anchor log-probs.
+def _pair_loss(kind: str, config: OnlineConfig, pa, pb, anc_a, anc_b, extra) -> jax.Array:
     s, tau = config.step_size, config.tau
-    if config.algorithm == "inpo":
+    if kind in ("inpo", "nash_md"):
         (ref_a, cur_a), (ref_b, cur_b) = anc_a, anc_b
-        return pw.inpo_loss(pa, pb, ref_a, ref_b, cur_a, cur_b, step_size=s, tau=tau).loss
-    if config.algorithm == "onpo":
+        fn = pw.inpo_loss if kind == "inpo" else pw.nash_md_loss
+        return fn(pa, pb, ref_a, ref_b, cur_a, cur_b, step_size=s, tau=tau).loss
+    if kind == "egpo":
+        (ref_a, cur_a), (ref_b, cur_b) = anc_a, anc_b
+        win_a, win_b = extra
+        return pw.egpo_step_loss(
+            pa, pb, ref_a, ref_b, cur_a, cur_b, win_a, win_b, step_size=s, tau=tau
+        ).loss
+    if kind == "onpo":
         ((anchor_a,), (anchor_b,)) = anc_a, anc_b
         return pw.onpo_loss(pa, pb, anchor_a, anchor_b, step_size=s).loss
-    if config.algorithm == "online_ipo":
+    if kind == "online_ipo":
         ((ref_a,), (ref_b,)) = anc_a, anc_b
         return pw.online_ipo_loss(pa, pb, ref_a, ref_b, tau=tau).loss
     ref_a, *hist_a = anc_a
@@ -217,66 +276,323 @@ def _pair_loss(config: OnlineConfig, pa, pb, anc_a, anc_b) -> jax.Array:
     ).loss
 
 
-class _Engine:
-    """Jitted pieces shared by one run: sampling, log-probs, the inner step, evaluation."""
+def _estimate_kl(logp: jax.Array, ref_logp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """k1 and k3 estimates of KL(π‖π_ref) from samples of π (Schulman's estimators)."""
+    r = ref_logp - logp
+    return jnp.mean(-r), jnp.mean(jnp.expm1(r) - r)
 
-    def __init__(self, graphdef, testbed: tb.Testbed, config: OnlineConfig):
-        self.graphdef, self.testbed, self.config = graphdef, testbed, config
-        self.opt = optax.adam(config.learning_rate, eps=config.adam_eps)
-        length = testbed.response_length
 
-        def sample(params, key, n):
-            model = nnx.merge(graphdef, params)
-            prompts = jnp.broadcast_to(
-                jnp.asarray(testbed.prompt, jnp.int32), (n, len(testbed.prompt))
+class OnlineTrainer:
+    """The online loop, one outer iteration per :meth:`iteration` call.
+
+    Args:
+      model: the initial policy π_0, a :class:`~jaxalign.models.CausalLM` (not modified).
+      config: :class:`OnlineConfig`.
+      prompts: a :class:`PromptSource` (e.g. :class:`FixedPrompt`, or
+        :class:`jaxalign.data.PromptDataset` for real prompts).
+      oracle: ``oracle(key, a, b) -> [B]`` (:mod:`jaxalign.train.oracles`).
+      reference: π_ref (default: ``model``, i.e. π_ref = π_0).
+      eos_token_id, pad_token_id: the sampler's (default: the model config's; ``()`` for
+        fixed-length responses).
+      mesh, rules: shard parameters by the model's logical axes and prompts/pairs along
+        ``batch`` on ``mesh`` (default: no mesh, one device).
+      sequence_sampler: ``sampler(key, log_weights_fn, n) -> responses``, an exact
+        sampler of a sequence-level distribution (the testbed's); needed by Nash-MD with
+        ``mixture="sequence"``.
+    """
+
+    def __init__(
+        self,
+        model,
+        config: OnlineConfig,
+        *,
+        prompts: PromptSource,
+        oracle: Oracle,
+        reference=None,
+        eos_token_id: int | tuple[int, ...] | None = None,
+        pad_token_id: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        rules=None,
+        sequence_sampler: Callable[..., Responses] | None = None,
+    ):
+        if config.algorithm == "nash_md" and config.mixture == "sequence" and not sequence_sampler:
+            raise ValueError(
+                "nash_md with mixture='sequence' needs an exact sequence sampler (an enumerable "
+                "response space such as the testbed); use mixture='token' on real prompts"
             )
-            return generate(
-                model,
-                prompts,
-                key=key,
-                max_new_tokens=length,
-                temperature=config.temperature,
-                eos_token_id=(),
-            ).tokens
+        if reference is not None and reference.config.vocab_size != model.config.vocab_size:
+            raise ValueError(
+                f"reference vocab_size={reference.config.vocab_size} must equal the policy's "
+                f"{model.config.vocab_size}"
+            )
+        self.config, self.prompts, self.oracle = config, prompts, oracle
+        self.mesh, self.rules = mesh, rules
+        self.eos, self.pad = eos_token_id, pad_token_id
+        self.sequence_sampler = sequence_sampler
+        self.graphdef, params = nnx.split(model)
+        ref = params if reference is None else nnx.split(reference)[1]
+        if mesh is not None:
+            with self._context():
+                params = jax.device_put(params, state_shardings(params, mesh, rules))
+                ref = jax.device_put(ref, state_shardings(ref, mesh, rules))
+        self.ref_params = ref
+        self.state = LoopState(
+            0,
+            params,
+            params if config.algorithm == "onpo" else None,
+            (params,) * (config.num_players - 1) if config.algorithm == "mnpo" else (),
+        )
+        self.opt = optax.adam(config.learning_rate, eps=config.adam_eps)
+        self._logp = jax.jit(self._logp_impl)
+        self._fits: dict[str, Callable] = {}
 
-        self.sample = sample
+    # -- pieces ---------------------------------------------------------------------------
 
-        def logp(params, responses):
-            tokens, mask = testbed.sequences(responses)
-            return sequence_logprobs(nnx.merge(graphdef, params), tokens, mask).sequence
+    def _context(self):
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        if self.rules is not None:
+            stack.enter_context(axis_rules(self.rules))
+        return stack
 
-        self.logp = jax.jit(logp)
+    def model(self, params=None):
+        """The policy with ``params`` (default: the current π_t) as a module."""
+        return nnx.merge(self.graphdef, self.state.params if params is None else params)
 
-        def loss_fn(params, a, b, anc_a, anc_b, w):
+    def _logp_impl(self, params, r: Responses) -> jax.Array:
+        model = nnx.merge(self.graphdef, params)
+        return sequence_logprobs(model, r.tokens, r.response_mask, r.attention_mask).sequence
+
+    def logp(self, params, r: Responses) -> jax.Array:
+        """``[B]`` sequence log-probabilities of the responses under ``params``."""
+        return self._logp(params, r)
+
+    def _place(self, x: np.ndarray) -> jax.Array:
+        """A host array identical on every process → a global array sharded on ``batch``."""
+        x = np.asarray(x)
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from jaxalign.parallel import batch_sharding
+
+        sharding = batch_sharding(self.mesh, self.rules or _default_rules(), ndim=x.ndim)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    def draw_prompts(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        tokens, mask = self.prompts.sample(key, n)
+        return self._place(np.asarray(tokens, np.int32)), self._place(np.asarray(mask, np.int32))
+
+    def sample(
+        self, params, key: jax.Array, prompts: tuple[jax.Array, jax.Array], *, mixture=None
+    ) -> Responses:
+        """One response per prompt from ``params`` (or from the token-level mixture with the
+        reference, ``mixture`` = its weight)."""
+        tokens, mask = prompts
+        kwargs = {}
+        if mixture is not None:
+            kwargs = dict(
+                mixture_model=nnx.merge(self.graphdef, self.ref_params), mixture_weight=mixture
+            )
+        gen = generate(
+            nnx.merge(self.graphdef, params),
+            tokens,
+            key=key,
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            prompt_mask=mask,
+            **kwargs,
+        )
+        return Responses(
+            gen.sequences,
+            gen.attention_mask.astype(jnp.int32),
+            gen.sequence_response_mask.astype(jnp.int32),
+            tokens.shape[1],
+        )
+
+    def _fit(self, kind: str) -> Callable:
+        if kind in self._fits:
+            return self._fits[kind]
+        config, opt, logp = self.config, self.opt, self._logp_impl
+        by_target = kind == "egpo"  # per-pair targets; no preference weighting
+
+        def loss_fn(params, a, b, anc_a, anc_b, w, extra):
             pa, pb = logp(params, a), logp(params, b)
-            fwd = _pair_loss(config, pa, pb, anc_a, anc_b)
-            bwd = _pair_loss(config, pb, pa, anc_b, anc_a)
+            fwd = _pair_loss(kind, config, pa, pb, anc_a, anc_b, extra)
+            if by_target:
+                return jnp.mean(fwd)
+            bwd = _pair_loss(kind, config, pb, pa, anc_b, anc_a, extra)
             return jnp.mean(w * fwd + (1 - w) * bwd)
 
-        def inner(params, a, b, anc_a, anc_b, w):
-            opt_state = self.opt.init(params)
+        def fit(params, a, b, anc_a, anc_b, w, extra):
+            opt_state = opt.init(params)
 
             def body(carry, _):
                 p, o = carry
-                loss, grads = jax.value_and_grad(loss_fn)(p, a, b, anc_a, anc_b, w)
+                loss, grads = jax.value_and_grad(loss_fn)(p, a, b, anc_a, anc_b, w, extra)
                 with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts, floats
-                    updates, o = self.opt.update(grads, o, p)
+                    updates, o = opt.update(grads, o, p)
                 return (optax.apply_updates(p, updates), o), loss
 
             (params, _), _ = jax.lax.scan(
                 body, (params, opt_state), None, length=config.inner_steps
             )
-            return params, loss_fn(params, a, b, anc_a, anc_b, w)
+            return params, loss_fn(params, a, b, anc_a, anc_b, w, extra)
 
-        self.fit = jax.jit(inner)
-        self.enumerate = jax.jit(
-            lambda params: tb.policy_log_probs(nnx.merge(graphdef, params), testbed)
+        self._fits[kind] = jax.jit(fit)
+        return self._fits[kind]
+
+    def _anchors(self, params_list, a: Responses, b: Responses):
+        return (
+            tuple(self.logp(p, a) for p in params_list),
+            tuple(self.logp(p, b) for p in params_list),
         )
 
-    def anchors(self, params_list, a, b):
-        return tuple(self.logp(p, a) for p in params_list), tuple(
-            self.logp(p, b) for p in params_list
+    def _label(self, key, a: Responses, b: Responses) -> jax.Array:
+        return jnp.asarray(self.oracle(key, a, b), jnp.float32)
+
+    def win_rate_vs_reference(self, key: jax.Array, n: int) -> float:
+        """The oracle's mean P(y ≻ y') with y ~ π_t and y' ~ π_ref on ``n`` fresh prompts
+        (an unbiased estimate of the win rate π_tᵀ P π_ref; ½ at t = 0 when π_ref = π_0)."""
+        with self._context():
+            k_prompt, k_a, k_b, k_label = jax.random.split(key, 4)
+            x = self.draw_prompts(k_prompt, n)
+            a = self.sample(self.state.params, k_a, x)
+            b = self.sample(self.ref_params, k_b, x)
+            return float(jnp.mean(self._label(k_label, a, b)))
+
+    # -- one iteration --------------------------------------------------------------------
+
+    def iteration(self, key: jax.Array) -> dict[str, float]:
+        """Runs outer iteration ``t = state.iteration`` and returns its metrics: ``loss``
+        (the last fit's), ``label_mean``, ``kl_k1``/``kl_k3`` (KL(π_t‖π_ref) estimated on the
+        sampled ``a`` responses), ``response_length`` and ``time_s``."""
+        with self._context():
+            return self._iteration(key)
+
+    def _iteration(self, key: jax.Array) -> dict[str, float]:
+        t0 = time.perf_counter()
+        cfg, st = self.config, self.state
+        s, tau = cfg.step_size, cfg.tau
+        b = cfg.batch_size
+        k_prompt, k_sample, k_label, k_mix, k_extra = jax.random.split(key, 5)
+        x = self.draw_prompts(k_prompt, b)
+        xx = tuple(jnp.concatenate([v, v]) for v in x)  # a_i and b_i answer prompt x_i
+        params, ref = st.params, self.ref_params
+
+        if cfg.algorithm == "mnpo":
+            lambdas = jnp.log(jnp.asarray(cfg.lambdas(), jnp.float32))
+            draws = [
+                self.sample(h, jax.random.fold_in(k_sample, j), xx)
+                for j, h in enumerate(st.opponents)
+            ]
+            src = jax.random.categorical(k_mix, lambdas, shape=(2 * b,))
+            stacked = [jnp.stack([d[i] for d in draws]) for i in range(3)]
+            ys = Responses(*(v[src, jnp.arange(2 * b)] for v in stacked), draws[0].prompt_length)
+        elif cfg.algorithm == "nash_md" and cfg.mixture == "sequence":
+            mix = s * tau
+            ys = self.sequence_sampler(k_sample, params, ref, mix, xx)
+        elif cfg.algorithm == "nash_md":
+            ys = self.sample(params, k_sample, xx, mixture=s * tau)
+        else:
+            ys = self.sample(params, k_sample, xx)
+        a, bb = ys.take(slice(0, b)), ys.take(slice(b, 2 * b))
+        w = self._label(k_label, a, bb)
+        none = jnp.zeros((b,), jnp.float32)
+        extra = (none, none)
+
+        if cfg.algorithm in ("inpo", "nash_md"):
+            anc_a, anc_b = self._anchors([ref, params], a, bb)
+            new, loss = self._fit(cfg.algorithm)(params, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = anc_a[1], anc_a[0]
+        elif cfg.algorithm == "egpo":
+            anc_a, anc_b = self._anchors([ref, params], a, bb)
+            half, _ = self._fit("inpo")(params, a, bb, anc_a, anc_b, w, extra)
+            c = self.sample(half, k_extra, x)
+            ka, kb = jax.random.split(jax.random.fold_in(k_label, 1))
+            wins = (self._label(ka, a, c), self._label(kb, bb, c))
+            ones = jnp.ones((b,), jnp.float32)
+            new, loss = self._fit("egpo")(half, a, bb, anc_a, anc_b, ones, wins)
+            cur_logp, ref_logp = anc_a[1], anc_a[0]
+        elif cfg.algorithm == "onpo":
+            anc_a, anc_b = self._anchors([st.prime], a, bb)
+            prime, _ = self._fit("onpo")(st.prime, a, bb, anc_a, anc_b, w, extra)
+            anc_a, anc_b = self._anchors([prime], a, bb)
+            new, loss = self._fit("onpo")(prime, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = self.logp(params, a), self.logp(ref, a)
+        elif cfg.algorithm == "online_ipo":
+            anc_a, anc_b = self._anchors([ref], a, bb)
+            new, loss = self._fit("online_ipo")(params, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = self.logp(params, a), anc_a[0]
+        else:  # mnpo
+            anc_a, anc_b = self._anchors([ref, *st.opponents], a, bb)
+            new, loss = self._fit("mnpo")(params, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = anc_a[1], anc_a[0]
+
+        k1, k3 = _estimate_kl(cur_logp, ref_logp)
+        self.state = LoopState(
+            st.iteration + 1,
+            new,
+            prime if cfg.algorithm == "onpo" else None,
+            (new, *st.opponents[:-1]) if cfg.algorithm == "mnpo" else (),
         )
+        metrics = {
+            "loss": loss,
+            "label_mean": jnp.mean(w),
+            "kl_k1": k1,
+            "kl_k3": k3,
+            "response_length": jnp.mean(jnp.sum(a.response_mask, axis=1).astype(jnp.float32)),
+        }
+        out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        out["time_s"] = time.perf_counter() - t0
+        return out
+
+
+def _default_rules():
+    from jaxalign.parallel import DEFAULT_RULES
+
+    return DEFAULT_RULES
+
+
+# ---------------------------------------------------------------------------------------------
+# The enumerable testbed: exact sampling of sequence-level mixtures and exact evaluation.
+
+
+class TestbedTask:
+    """The testbed as a source of prompts, an exact sampler and an exact evaluator.
+
+    ``evaluate(params)`` returns the exact enumerated log-policy and its
+    :class:`jaxalign.data.testbed.Evaluation` in ``game`` (τ = the algorithm's).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, testbed: tb.Testbed, game: G.PreferenceGame, graphdef, tau: float):
+        n = testbed.num_responses
+        if game.preference.shape != (n, n):
+            raise ValueError(
+                f"game must be {n}×{n} (one row per response), got {game.preference.shape}"
+            )
+        self.testbed, self.game, self.graphdef, self.tau = testbed, game, graphdef, tau
+        self.prompts = FixedPrompt(tuple(testbed.prompt))
+        self.enumerate = jax.jit(lambda p: tb.policy_log_probs(nnx.merge(graphdef, p), testbed))
+
+    def responses(self, idx: Int[Array, "b"]) -> Responses:
+        tokens, mask = self.testbed.sequences(self.testbed.responses()[idx])
+        return Responses(tokens, jnp.ones_like(mask), mask, len(self.testbed.prompt))
+
+    def sequence_sampler(self, key, params, ref, mix, prompts) -> Responses:
+        """Exact draws from the sequence-level mixture π^{1−mix} π_ref^{mix} (normalised)."""
+        n = prompts[0].shape[0]
+        log_mix = pw.sequence_level_mixture(self.enumerate(params), self.enumerate(ref), mix=mix)
+        return self.responses(jax.random.categorical(key, log_mix, shape=(n,)))
+
+    def evaluate(self, params, log_ref) -> tuple[jax.Array, tb.Evaluation]:
+        lp = self.enumerate(params)
+        return lp, tb.evaluate(lp, self.game, log_ref, tau=self.tau)
 
 
 def online_train(
@@ -288,19 +604,27 @@ def online_train(
     key: jax.Array,
     oracle: Oracle | None = None,
     reference=None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> OnlineResult:
-    r"""Runs ``config.num_iterations`` outer iterations of online Nash preference optimisation.
+    r"""Online Nash preference optimisation on the enumerable testbed, scored exactly.
 
     Args:
       model: a :class:`~jaxalign.models.CausalLM` with ``vocab_size == testbed.alphabet_size``;
         the initial policy :math:`\pi_0` (not modified).
-      testbed: the enumerable response space (prompt, alphabet, length).
-      game: the preference game over the ``A^L`` responses (used for exact evaluation).
+      testbed: the enumerable response space (prompt, alphabet, length); responses have
+        exactly ``L`` tokens (``config.max_new_tokens`` is replaced by ``L``).
+      game: the preference game over the ``A^L`` responses (exact evaluation).
       config: :class:`OnlineConfig`.
-      key: PRNG key (sampling and labels).
-      oracle: ``oracle(key, a [B, L], b [B, L]) -> [B]`` probability (or 0/1 label) that
-        ``a`` beats ``b``; default :func:`testbed_oracle` (Bernoulli labels from ``game``).
+      key: PRNG key (prompts, sampling and labels); iteration t uses ``fold_in(key, t)``.
+      oracle: labels (default: :func:`~jaxalign.train.oracles.testbed_oracle`, Bernoulli
+        labels from ``game``); any oracle of :mod:`jaxalign.train.oracles` works.
       reference: :math:`\pi_{\rm ref}` model (default: ``model`` itself, i.e. π_ref = π_0).
+      mesh, rules: run sharded (see :class:`OnlineTrainer`).
+      callback: ``callback(t, metrics)`` after each iteration (metrics include the exact
+        ``duality_gap``, ``regularised_gap``, ``kl_to_reference``, ``win_rate_vs_reference``
+        of π_t).
 
     Returns:
       :class:`OnlineResult`: the final model, per-iteration exact gaps / KL / win rates /
@@ -311,73 +635,43 @@ def online_train(
         raise ValueError(
             f"model vocab_size={vocab} must equal the testbed alphabet_size={testbed.alphabet_size}"
         )
-    n = testbed.num_responses
-    if game.preference.shape != (n, n):
-        raise ValueError(
-            f"game must be {n}×{n} (one row per response), got {game.preference.shape}"
-        )
-    oracle = testbed_oracle(testbed, game) if oracle is None else oracle
-    graphdef, params = nnx.split(model)
-    ref_params = params if reference is None else nnx.split(reference)[1]
-    eng = _Engine(graphdef, testbed, config)
-    log_ref = eng.enumerate(ref_params)
-    tau = config.regularisation
-    b = config.batch_size
-    lambdas = jnp.asarray(config.lambdas(), jnp.float32)
-
-    def evaluate(p):
-        lp = eng.enumerate(p)
-        return lp, tb.evaluate(lp, game, log_ref, tau=tau)
-
-    prime = params  # ONPO's π'_t (π'_0 = π_0)
-    history = [params] * (config.num_players - 1)  # MNPO: π_t, π_{t-1}, ... newest first
-    lp, ev = evaluate(params)
-    records = [(lp, ev)]
+    config = dataclasses.replace(config, max_new_tokens=testbed.response_length)
+    task = TestbedTask(testbed, game, nnx.graphdef(model), config.regularisation)
+    trainer = OnlineTrainer(
+        model,
+        config,
+        prompts=task.prompts,
+        oracle=testbed_oracle(testbed, game) if oracle is None else oracle,
+        reference=reference,
+        eos_token_id=(),
+        pad_token_id=0,
+        mesh=mesh,
+        rules=rules,
+        sequence_sampler=task.sequence_sampler,
+    )
+    with trainer._context():
+        log_ref = task.enumerate(trainer.ref_params)
+        records = [task.evaluate(trainer.state.params, log_ref)]
     losses = []
     for t in range(config.num_iterations):
-        k_sample, k_label, k_mix = jax.random.split(jax.random.fold_in(key, t), 3)
-        if config.algorithm == "mnpo":
-            draws = jnp.stack(
-                [
-                    eng.sample(h, jax.random.fold_in(k_sample, j), 2 * b)
-                    for j, h in enumerate(history)
-                ]
-            )
-            src = jax.random.categorical(k_mix, jnp.log(lambdas), shape=(2 * b,))
-            ys = draws[src, jnp.arange(2 * b)]
-        else:
-            ys = eng.sample(params, k_sample, 2 * b)
-        ya, yb = ys[:b], ys[b:]
-        w = jnp.asarray(oracle(k_label, ya, yb), jnp.float32)
-        if config.algorithm == "inpo":
-            anc_a, anc_b = eng.anchors([ref_params, params], ya, yb)
-            params, loss = eng.fit(params, ya, yb, anc_a, anc_b, w)
-        elif config.algorithm == "onpo":
-            anc_a, anc_b = eng.anchors([prime], ya, yb)
-            prime, _ = eng.fit(prime, ya, yb, anc_a, anc_b, w)
-            anc_a, anc_b = eng.anchors([prime], ya, yb)
-            params, loss = eng.fit(prime, ya, yb, anc_a, anc_b, w)
-        elif config.algorithm == "online_ipo":
-            anc_a, anc_b = eng.anchors([ref_params], ya, yb)
-            params, loss = eng.fit(params, ya, yb, anc_a, anc_b, w)
-        else:
-            anc_a, anc_b = eng.anchors([ref_params, *history], ya, yb)
-            params, loss = eng.fit(params, ya, yb, anc_a, anc_b, w)
-            history = [params, *history[:-1]]
-        losses.append(loss)
-        records.append(evaluate(params))
+        metrics = trainer.iteration(jax.random.fold_in(key, t))
+        with trainer._context():
+            lp, ev = task.evaluate(trainer.state.params, log_ref)
+        records.append((lp, ev))
+        losses.append(metrics["loss"])
+        if callback is not None:
+            callback(t + 1, {**metrics, **{k: float(v) for k, v in ev._asdict().items()}})
 
-    lps = jnp.stack([r[0] for r in records])
     evs = [r[1] for r in records]
     hist = OnlineHistory(
         duality_gap=jnp.stack([e.duality_gap for e in evs]),
         regularised_gap=jnp.stack([e.regularised_gap for e in evs]),
         kl_to_reference=jnp.stack([e.kl_to_reference for e in evs]),
         win_rate_vs_reference=jnp.stack([e.win_rate_vs_reference for e in evs]),
-        loss=jnp.stack(losses),
-        log_policies=lps,
+        loss=jnp.asarray(losses, jnp.float32),
+        log_policies=jnp.stack([r[0] for r in records]),
     )
-    return OnlineResult(nnx.merge(graphdef, params), hist, log_ref)
+    return OnlineResult(trainer.model(), hist, log_ref)
 
 
 def tabular_baseline(
@@ -404,10 +698,16 @@ def average_policy_gaps(
 
 __all__ = [
     "ALGORITHMS",
+    "FixedPrompt",
+    "LoopState",
     "OnlineConfig",
     "OnlineHistory",
     "OnlineResult",
+    "OnlineTrainer",
     "Oracle",
+    "PromptSource",
+    "Responses",
+    "TestbedTask",
     "average_policy_gaps",
     "online_train",
     "tabular_baseline",

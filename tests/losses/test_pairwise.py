@@ -236,3 +236,77 @@ def test_onpo_two_argmins_per_iteration_are_the_optimistic_update():
         )
         got = _population_minimiser(anchored(prime_next), zeros, cur, p)
         np.testing.assert_allclose(np.exp(got), np.exp(new.log_policy), atol=1e-9)
+
+
+def test_nash_md_loss_minimiser_on_mixture_pairs_is_the_nash_md_update():
+    """Pairs from the mixture π^μ: the minimiser is π^μ e^{sPπ^μ} (games.nash_md's step).
+    Teeth: the same loss on pairs from π_t (INPO's sampling) misses it."""
+    with jax.enable_x64(True):
+        game, p, log_ref, log_pt = _tabular_setup()
+        s, tau = 0.8, 0.3
+        solver = games.nash_md(s, tau=tau, ref=log_ref)
+        expected = solver.step(game, solver.init(game, log_pt)).log_policy
+        mix = pw.sequence_level_mixture(log_pt, log_ref, mix=s * tau)
+
+        def loss(lp, w, l_):
+            return pw.nash_md_loss(
+                lp[w], lp[l_], log_ref[w], log_ref[l_], log_pt[w], log_pt[l_],
+                step_size=s, tau=tau,
+            ).loss  # fmt: skip
+
+        zeros = jnp.zeros(p.shape[0], jnp.float64)
+        got = _population_minimiser(loss, zeros, mix, p)
+        np.testing.assert_allclose(np.exp(got), np.exp(expected), atol=1e-9)
+        wrong = _population_minimiser(loss, zeros, log_pt, p)
+        assert np.max(np.abs(np.exp(wrong) - np.exp(expected))) > 1e-3
+
+
+def _third_draw_minimiser(loss_of_pairs, theta0, mu, nu, p):
+    """argmin_θ E_{a,b~μ, c~ν} loss(a, b, P[a,c], P[b,c]; θ) (soft labels, same minimiser
+    as Bernoulli labels: the loss is quadratic in the target)."""
+    k = theta0.shape[0]
+    aa, bb, cc = (x.ravel() for x in jnp.meshgrid(*(jnp.arange(k),) * 3, indexing="ij"))
+    weight = jnp.exp(mu)[aa] * jnp.exp(mu)[bb] * jnp.exp(nu)[cc]
+
+    def objective(theta):
+        logp = jax.nn.log_softmax(theta)
+        return jnp.sum(weight * loss_of_pairs(logp, aa, bb, p[aa, cc], p[bb, cc]))
+
+    g = jax.grad(objective)(theta0)
+    h = jax.hessian(objective)(theta0)
+    return jax.nn.log_softmax(theta0 - jnp.linalg.pinv(h) @ g)
+
+
+def test_egpo_step_loss_two_minimisers_are_the_extragradient_update():
+    """Half step: opponent draws c ~ π_t → π_{t+½}; full step: c ~ π_{t+½}, same anchors
+    (π_t, π_ref), pairs from π_t → π_{t+1} of games.egpo. With s = 1/τ the loss is the
+    paper's egpo_loss."""
+    with jax.enable_x64(True):
+        game, p, log_ref, log_pt = _tabular_setup()
+        s, tau = 0.9, 0.4
+        solver = games.egpo(s, tau=tau, ref=log_ref)
+        expected = solver.step(game, solver.init(game, log_pt)).log_policy
+
+        def loss(lp, a, b, wa, wb):
+            return pw.egpo_step_loss(
+                lp[a], lp[b], log_ref[a], log_ref[b], log_pt[a], log_pt[b], wa, wb,
+                step_size=s, tau=tau,
+            ).loss  # fmt: skip
+
+        zeros = jnp.zeros(p.shape[0], jnp.float64)
+        half = _third_draw_minimiser(loss, zeros, log_pt, log_pt, p)
+        inpo = games.inpo(s, tau=tau, ref=log_ref)
+        np.testing.assert_allclose(
+            np.exp(half), np.exp(inpo.step(game, inpo.init(game, log_pt)).log_policy), atol=1e-9
+        )
+        full = _third_draw_minimiser(loss, zeros, log_pt, half, p)
+        np.testing.assert_allclose(np.exp(full), np.exp(expected), atol=1e-9)
+        # Teeth: playing against π_t again (no extrapolation) is a different policy.
+        assert np.max(np.abs(np.exp(half) - np.exp(expected))) > 1e-4
+
+        x = jax.random.normal(jax.random.key(0), (6, 6), jnp.float64)
+        wa, wb = jax.nn.sigmoid(x[4]), jax.nn.sigmoid(x[5])
+        t = 2.5
+        step = pw.egpo_step_loss(*x[:4], x[2], x[3], wa, wb, step_size=1 / t, tau=t)
+        paper = pw.egpo_loss(*x[:4], wa, wb, tau=t)
+        np.testing.assert_allclose(step.loss, paper.loss, rtol=1e-12)

@@ -1,6 +1,8 @@
 """Online Nash preference optimisation of a real transformer on the enumerable testbed:
 exact duality gap falls for INPO and ONPO; an uninformative oracle does not move it."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +63,7 @@ def test_an_uninformative_oracle_leaves_the_gap_where_it_was(setup):
     cfg = ol.OnlineConfig(algorithm="onpo", **{**HPARAMS, "num_iterations": 4})
 
     def coin(key, a, b):
-        return jnp.full((a.shape[0],), 0.5, jnp.float32)
+        return jnp.full((a.tokens.shape[0],), 0.5, jnp.float32)
 
     res = ol.online_train(model, TB, game, cfg, key=jax.random.key(2), oracle=coin)
     gaps = np.asarray(res.history.duality_gap)
@@ -70,12 +72,12 @@ def test_an_uninformative_oracle_leaves_the_gap_where_it_was(setup):
 
 def test_testbed_oracle_labels():
     game = tb.cyclic_preference(TB, key=jax.random.key(1))
-    ys = TB.responses()
-    a, b = ys[jnp.array([0, 4, 8])], ys[jnp.array([1, 2, 3])]
+    task = ol.TestbedTask(TB, game, None, 0.0)
+    a, b = task.responses(jnp.array([0, 4, 8])), task.responses(jnp.array([1, 2, 3]))
     soft = ol.testbed_oracle(TB, game, sample=False)(jax.random.key(0), a, b)
     np.testing.assert_allclose(soft, game.preference[jnp.array([0, 4, 8]), jnp.array([1, 2, 3])])
     n = 4000
-    aa, bb = jnp.broadcast_to(a[:1], (n, 2)), jnp.broadcast_to(b[:1], (n, 2))
+    aa, bb = task.responses(jnp.zeros(n, jnp.int32)), task.responses(jnp.ones(n, jnp.int32))
     hard = ol.testbed_oracle(TB, game)(jax.random.key(1), aa, bb)
     assert set(np.unique(np.asarray(hard))) <= {0.0, 1.0}
     p = float(game.preference[0, 1])
@@ -89,6 +91,8 @@ def test_tabular_solver_mapping():
         "onpo": "onpo",
         "online_ipo": "inpo",  # online IPO = INPO with s = 1/τ (no π_t anchor)
         "mnpo": "mnpo_history",
+        "nash_md": "nash_md",
+        "egpo": "egpo",
     }
     for algorithm, name in names.items():
         tau = 0.5 if algorithm == "online_ipo" else 0.1
@@ -121,3 +125,50 @@ def test_vocab_mismatch_is_rejected(setup):
             ol.OnlineConfig(),
             key=jax.random.key(0),
         )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"), [("egpo", {}), ("nash_md", {"mixture": "sequence"})]
+)
+def test_egpo_and_nash_md_reduce_the_exact_regularised_gap(setup, algorithm, extra):
+    """Both target the τ-regularised game: its exact gap falls, as the tabular solver's."""
+    model, game = setup
+    cfg = ol.OnlineConfig(
+        algorithm=algorithm, tau=0.05, **{**HPARAMS, "num_iterations": 6}, **extra
+    )
+    res = ol.online_train(model, TB, game, cfg, key=jax.random.key(2))
+    reg = np.asarray(res.history.regularised_gap)
+    assert np.all(np.isfinite(reg)) and np.all(reg >= -1e-6)
+    assert reg[-1] < 0.7 * reg[0], reg
+    assert float(res.history.kl_to_reference[-1]) > 1e-3  # the policy moved
+
+
+def test_sharded_online_iterations_equal_unsharded(setup):
+    """INPO on a (data, fsdp, tensor) = (2, 2, 2) mesh of 8 devices: the same policies as on
+    one device (same prompts, samples, labels; float32 reduction order differs), and the
+    parameters stay sharded by their logical axes."""
+    from flax import nnx
+
+    from jaxalign.parallel import DEFAULT_RULES
+
+    _, game = setup
+    model = CausalLM.create(
+        dataclasses.replace(MODEL_CONFIG, num_kv_heads=2), key=jax.random.key(0)
+    )
+    cfg = ol.OnlineConfig(
+        algorithm="inpo", tau=0.05, num_iterations=2, batch_size=64, inner_steps=10,
+        learning_rate=0.03, step_size=2.0,
+    )  # fmt: skip
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)  # fmt: skip
+    one = ol.online_train(model, TB, game, cfg, key=jax.random.key(2))
+    many = ol.online_train(
+        model, TB, game, cfg, key=jax.random.key(2), mesh=mesh, rules=DEFAULT_RULES.as_pairs()
+    )
+    np.testing.assert_allclose(
+        np.exp(many.history.log_policies), np.exp(one.history.log_policies), atol=2e-4
+    )
+    assert float(np.max(np.abs(np.exp(one.history.log_policies[-1])
+                               - np.exp(one.history.log_policies[0])))) > 1e-2  # fmt: skip
+    specs = {leaf.sharding.spec for leaf in jax.tree.leaves(nnx.split(many.model)[1])}
+    assert any("fsdp" in str(s) for s in specs) and any("tensor" in str(s) for s in specs)

@@ -1,0 +1,483 @@
+"""``jaxalign train`` for the online Nash algorithms: a YAML config → an online run.
+
+Two modes, chosen by the config:
+
+* **testbed** (``prompts.path: ""`` and ``oracle.kind: testbed``): a transformer whose
+  vocabulary is the testbed alphabet is trained against a synthetic preference over all
+  ``A^L`` responses (:mod:`jaxalign.data.testbed`); every iteration logs the *exact*
+  duality gaps, KL and win rate, and the summary compares them with the matching tabular
+  solver of :mod:`jaxalign.games` from the same start (``configs/train/<alg>_testbed.yaml``).
+* **prompts** (``prompts.path`` set, or the tiny synthetic prompts): a local Hugging Face
+  checkpoint (``init.pretrained``) samples responses to the prompts of a JSONL/Parquet file,
+  a local reward or preference model (``oracle.kind``/``oracle.path``, or a mixture of
+  annotators) labels them, and the pairwise loss is fitted — sharded over the mesh, on one
+  or many hosts (``configs/train/<alg>_hf.yaml``). Logged per iteration: the fitted loss,
+  the mean label, KL(π_t‖π_ref) estimates (k1, k3) on the samples, the mean response length
+  and (every ``logging.eval_every``) the oracle's win rate of π_t against π_ref.
+
+The run directory holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
+``summary.json`` and the final policy as a Hugging Face checkpoint in ``model/``.
+Online runs do not checkpoint mid-run; ``run.resume`` is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from jaxalign.models import CausalLM, ModelConfig, axis_rules, from_pretrained, save_pretrained
+from jaxalign.parallel import DEFAULT_RULES, DistributedConfig, MeshConfig, initialize_distributed
+from jaxalign.train.config import InitConfig, ShardingConfig
+from jaxalign.train.online import (
+    ALGORITHMS,
+    OnlineConfig,
+    OnlineTrainer,
+    average_policy_gaps,
+    online_train,
+)
+from jaxalign.train.online import tabular_baseline as _tabular_baseline
+
+
+def _bad(key: str, value: Any, expected: str):
+    raise ValueError(f"{key}={value!r} is invalid; expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineAlgorithmConfig:
+    """The online algorithm and its update (see :class:`jaxalign.train.OnlineConfig`)."""
+
+    name: Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md"] = "inpo"
+    step_size: float = 1.0  # s: the update multiplies payoffs, π ∝ … e^{s·Pπ}
+    tau: float = 0.0  # KL weight to π_ref (s·τ ≤ 1; online IPO: > 0; ONPO: unused)
+    num_players: int = 3  # MNPO: the last num_players − 1 iterates are the opponents
+    opponent_weights: tuple[float, ...] | None = None  # MNPO λ, newest first; null = uniform
+    mixture: Literal["token", "sequence"] = "token"  # Nash-MD opponent sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineLoopConfig:
+    """Per-iteration sampling and fitting."""
+
+    batch_size: int = 64  # pairs per iteration (global; two responses per prompt)
+    inner_steps: int = 20  # Adam steps per fit (ONPO and EGPO fit twice)
+    learning_rate: float = 1e-2  # Adam learning rate of each fit
+    adam_eps: float = 1e-3  # Adam ε (see OnlineConfig)
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass (1 = off)
+    max_new_tokens: int = 64  # response length cap (ignored on the testbed: L)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedConfig:
+    """The enumerable testbed and its synthetic preference (testbed mode)."""
+
+    __test__ = False  # not a pytest class
+
+    alphabet_size: int = 3  # A = the model's vocab_size
+    response_length: int = 2  # L: A^L responses
+    preference: Literal["cyclic", "bradley_terry", "annotators"] = "cyclic"
+    strength: float = 2.0  # cyclic: rock-paper-scissors logit between styles
+    reward_scale: float = 0.5  # std of the random additive (per-position) rewards
+    num_annotators: int = 3  # annotators: BT annotators with different rewards
+    seed: int = 0  # the preference is a function of this seed
+
+    def __post_init__(self):
+        if self.alphabet_size < 2:
+            _bad("alphabet_size", self.alphabet_size, ">= 2")
+        if self.response_length < 1:
+            _bad("response_length", self.response_length, ">= 1")
+        if self.num_annotators < 1:
+            _bad("num_annotators", self.num_annotators, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptsConfig:
+    """Prompts of the prompts mode (a preference file works: chosen/rejected are ignored)."""
+
+    path: str = ""  # JSONL/Parquet file or directory; "" = the testbed (or tiny prompts)
+    max_prompt_length: int = 256  # prompts keep their last tokens, left-padded to this
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    skip_malformed: bool = False  # true: skip and count malformed rows instead of stopping
+    use_chat_template: bool = True  # render chat prompts with the tokenizer's template
+    tiny: bool = False  # true (with path ""): the synthetic tiny prompts, tokenizer and model
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    """Who labels the pairs."""
+
+    kind: Literal["testbed", "reward_model", "preference_model", "mixture"] = "testbed"
+    path: str = ""  # local HF directory of the reward / preference model
+    sample: bool = False  # true: Bernoulli 0/1 labels; false: soft P(a ≻ b)
+    # mixture of annotators: one kind and path per annotator, and their weights
+    kinds: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineLoggingConfig:
+    """Metrics to ``metrics.jsonl`` and TensorBoard."""
+
+    tensorboard: bool = True  # also write TensorBoard scalars
+    eval_every: int = 10  # prompts mode: oracle win rate of π_t vs π_ref every N iterations
+    eval_prompts: int = 64  # prompts for that win rate
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineRunConfig:
+    """Length, seed and place of an online run."""
+
+    iterations: int = 10  # outer iterations T
+    seed: int = 0  # model init, prompts, sampling and labels
+    out_dir: str = "runs/online"  # run directory
+    overwrite: bool = False  # delete an existing out_dir first
+    resume: bool = False  # not supported for online runs (refused)
+    save_model: bool = True  # write the final policy to <out_dir>/model (HF format)
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            _bad("iterations", self.iterations, "a positive integer")
+        if self.resume:
+            _bad("resume", self.resume, "false: online runs do not checkpoint mid-run yet")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineTrainConfig:
+    """A whole online run; see ``configs/train/inpo_testbed.yaml`` and ``inpo_hf.yaml``."""
+
+    algorithm: OnlineAlgorithmConfig = dataclasses.field(default_factory=OnlineAlgorithmConfig)
+    online: OnlineLoopConfig = dataclasses.field(default_factory=OnlineLoopConfig)
+    model: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(
+            vocab_size=3,
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=2,
+            head_dim=16,
+            initializer_range=0.5,
+        )
+    )
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    testbed: TestbedConfig = dataclasses.field(default_factory=TestbedConfig)
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
+    oracle: OracleConfig = dataclasses.field(default_factory=OracleConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    logging: OnlineLoggingConfig = dataclasses.field(default_factory=OnlineLoggingConfig)
+    run: OnlineRunConfig = dataclasses.field(default_factory=OnlineRunConfig)
+
+    def __post_init__(self):
+        if self.testbed_mode:
+            if self.init.pretrained:
+                _bad("init.pretrained", self.init.pretrained, '"" in testbed mode')
+            if self.model.vocab_size != self.testbed.alphabet_size:
+                raise ValueError(
+                    f"model.vocab_size={self.model.vocab_size} must equal "
+                    f"testbed.alphabet_size={self.testbed.alphabet_size} in testbed mode"
+                )
+        elif self.oracle.kind == "testbed":
+            raise ValueError(
+                "oracle.kind=testbed labels testbed responses only: set prompts.path to '' "
+                "(and prompts.tiny=false), or choose reward_model / preference_model / mixture"
+            )
+        if self.oracle.kind in ("reward_model", "preference_model") and not self.oracle.path:
+            _bad("oracle.path", "", f"a local {self.oracle.kind} directory")
+        if self.oracle.kind == "mixture":
+            o = self.oracle
+            if not o.paths or len(o.kinds) != len(o.paths):
+                raise ValueError(
+                    "oracle.kind=mixture needs oracle.kinds and oracle.paths, one entry per "
+                    f"annotator, got kinds={o.kinds} paths={o.paths}"
+                )
+        self.online_config()  # validates the algorithm's hyperparameters
+
+    @property
+    def testbed_mode(self) -> bool:
+        return not self.prompts.path and not self.prompts.tiny
+
+    def online_config(self) -> OnlineConfig:
+        a, o = self.algorithm, self.online
+        return OnlineConfig(
+            algorithm=a.name,
+            num_iterations=self.run.iterations,
+            batch_size=o.batch_size,
+            inner_steps=o.inner_steps,
+            learning_rate=o.learning_rate,
+            step_size=a.step_size,
+            tau=a.tau,
+            num_players=a.num_players,
+            opponent_weights=a.opponent_weights,
+            mixture=a.mixture,
+            temperature=o.temperature,
+            top_p=o.top_p,
+            max_new_tokens=o.max_new_tokens,
+            adam_eps=o.adam_eps,
+        )
+
+
+def is_online_config(data: dict[str, Any]) -> bool:
+    """Whether a config mapping describes an online run (``algorithm.name`` is online)."""
+    name = (data.get("algorithm") or {}).get("name")
+    return name in ALGORITHMS
+
+
+def online_config_from_dict(data: dict[str, Any]) -> OnlineTrainConfig:
+    try:
+        return from_dict(OnlineTrainConfig, data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - from_dict wraps these
+        raise ConfigError(str(e)) from e
+
+
+def load_online_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> OnlineTrainConfig:
+    """An :class:`OnlineTrainConfig` from YAML plus dotted ``key=value`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    return online_config_from_dict(apply_overrides(data, overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _testbed_game(cfg: TestbedConfig, testbed):
+    from jaxalign.data import testbed as tb
+
+    key = jax.random.key(cfg.seed)
+    if cfg.preference == "cyclic":
+        return tb.cyclic_preference(
+            testbed, strength=cfg.strength, reward_scale=cfg.reward_scale, key=key
+        )
+    shape = (cfg.num_annotators, testbed.response_length, testbed.alphabet_size)
+    rewards = jax.random.normal(key, shape) * cfg.reward_scale
+    if cfg.preference == "bradley_terry":
+        return tb.bradley_terry_preference(testbed, rewards[0])
+    return tb.annotator_mixture_preference(testbed, rewards)
+
+
+def _oracle(cfg: OnlineTrainConfig, mesh, rules):
+    from jaxalign.train import oracles
+
+    o = cfg.oracle
+    if o.kind in ("reward_model", "preference_model"):
+        return oracles.load_oracle(o.kind, o.path, mesh=mesh, rules=rules, sample=o.sample)
+    members = [
+        oracles.load_oracle(kind, path, mesh=mesh, rules=rules, sample=False)
+        for kind, path in zip(o.kinds, o.paths)
+    ]
+    return oracles.annotator_mixture_oracle(members, o.weights, sample=o.sample)
+
+
+class _Logger:
+    def __init__(self, out: Path, cfg: OnlineTrainConfig, is_main: bool):
+        from jaxalign.train.metrics import JsonlWriter
+        from jaxalign.train.tensorboard import SummaryWriter
+
+        self.jsonl = JsonlWriter(out / "metrics.jsonl") if is_main else None
+        self.tb = (
+            SummaryWriter(out / "tensorboard") if is_main and cfg.logging.tensorboard else None
+        )
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, t: int, metrics: dict[str, float]) -> None:
+        record = {"iteration": t, **metrics}
+        self.history.append(record)
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+        if self.tb is not None:
+            self.tb.scalars(t, {k: v for k, v in record.items() if k != "iteration"})
+
+    def close(self):
+        for w in (self.jsonl, self.tb):
+            if w is not None:
+                w.close()
+
+
+def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """Runs an online training run; returns (and writes to ``summary.json``) its summary."""
+    from jaxalign.train.loop import _make_mesh, _prepare_run_dir
+
+    initialize_distributed(config=config.distributed)
+    say = (
+        (lambda *a: None) if quiet or jax.process_index() else functools.partial(print, flush=True)
+    )
+    out = _prepare_run_dir(config)
+    is_main = jax.process_index() == 0
+    if is_main:
+        import yaml
+
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    mesh = _make_mesh(config)
+    rules = DEFAULT_RULES.replace(dict(config.sharding.rules)).as_pairs()
+    oc = config.online_config()
+    key_model, key_train = jax.random.split(jax.random.key(config.run.seed))
+    logger = _Logger(out, config, is_main)
+    t0 = time.perf_counter()
+    try:
+        run = _run_testbed if config.testbed_mode else _run_prompts
+        summary, model = run(config, oc, mesh, rules, key_model, key_train, logger, out)
+    finally:
+        logger.close()
+    summary.update(
+        algorithm=oc.algorithm,
+        iterations=oc.num_iterations,
+        runtime_s=time.perf_counter() - t0,
+        out_dir=str(out),
+    )
+    if config.run.save_model:
+        with jax.set_mesh(mesh), axis_rules(rules):
+            save_pretrained(model, out / "model")
+        summary["model_dir"] = str(out / "model")
+    if is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    say(f"jaxalign: online {oc.algorithm}: {json.dumps(_headline(summary))}")
+    return summary
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("initial_duality_gap", "final_duality_gap", "final_regularised_gap",
+            "final_average_iterate_gap", "tabular_final_duality_gap",
+            "tabular_final_average_gap", "final_loss", "final_win_rate_vs_reference")  # fmt: skip
+    return {k: round(summary[k], 4) for k in keys if k in summary}
+
+
+def _run_testbed(config, oc, mesh, rules, key_model, key_train, logger, out):
+    del out
+    from jaxalign.data import testbed as tb
+
+    testbed = tb.Testbed(
+        alphabet_size=config.testbed.alphabet_size,
+        response_length=config.testbed.response_length,
+    )
+    game = _testbed_game(config.testbed, testbed)
+    model = CausalLM.create(config.model, key=key_model)
+    res = online_train(
+        model, testbed, game, oc, key=key_train, mesh=mesh, rules=rules, callback=logger
+    )
+    h = res.history
+    tab = _tabular_baseline(oc, game, h.log_policies[0], res.log_ref)
+    avg = average_policy_gaps(game, h.log_policies)
+    summary = {
+        "mode": "testbed",
+        "num_responses": testbed.num_responses,
+        "initial_duality_gap": float(h.duality_gap[0]),
+        "final_duality_gap": float(h.duality_gap[-1]),
+        "min_duality_gap": float(jnp.min(h.duality_gap)),
+        "initial_regularised_gap": float(h.regularised_gap[0]),
+        "final_regularised_gap": float(h.regularised_gap[-1]),
+        "final_kl_to_reference": float(h.kl_to_reference[-1]),
+        "final_win_rate_vs_reference": float(h.win_rate_vs_reference[-1]),
+        "final_loss": float(h.loss[-1]),
+        "final_average_iterate_gap": float(avg[-1]),
+        "tabular_final_duality_gap": float(tab.last_gap[-1]),
+        "tabular_final_average_gap": float(tab.avg_gap[-1]),
+    }
+    return summary, res.model
+
+
+def _tokenizer(config, out: Path):
+    from jaxalign.models import build_tiny_tokenizer, load_tokenizer
+
+    if config.init.tokenizer:
+        return load_tokenizer(config.init.tokenizer)
+    directory = out / f"tokenizer-p{jax.process_index()}"
+    build_tiny_tokenizer(directory, vocab_size=config.init.tiny_tokenizer_vocab_size)
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+
+
+def _run_prompts(config, oc, mesh, rules, key_model, key_train, logger, out: Path):
+    from jaxalign.data import load_prompt_dataset, make_tiny_preference_dataset
+
+    tokenizer = _tokenizer(config, out)
+    path = config.prompts.path
+    if not path:
+        path = make_tiny_preference_dataset(
+            out / "data" / f"tiny-p{jax.process_index()}.jsonl", 256, config.run.seed
+        )
+    prompts = load_prompt_dataset(
+        path,
+        tokenizer,
+        max_prompt_length=config.prompts.max_prompt_length,
+        fmt=config.prompts.format,
+        skip_malformed=config.prompts.skip_malformed,
+        use_chat_template=config.prompts.use_chat_template,
+    )
+    with jax.set_mesh(mesh), axis_rules(rules):
+        if config.init.pretrained:
+            model = from_pretrained(config.init.pretrained, mesh=mesh, rules=rules)
+        else:
+            model = CausalLM.create(config.model, key=key_model)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{model.config.vocab_size}"
+        )
+    oracle = _oracle(config, mesh, rules)
+    eos = tokenizer.eos_token_id
+    trainer = OnlineTrainer(
+        model,
+        oc,
+        prompts=prompts,
+        oracle=oracle,
+        eos_token_id=() if eos is None else int(eos),
+        pad_token_id=int(prompts.pad_token_id),
+        mesh=mesh,
+        rules=rules,
+    )
+    every = config.logging.eval_every
+    win = None
+    for t in range(oc.num_iterations):
+        metrics = trainer.iteration(jax.random.fold_in(key_train, t))
+        if (t + 1) % every == 0 or t + 1 == oc.num_iterations:
+            win = trainer.win_rate_vs_reference(
+                jax.random.fold_in(jax.random.fold_in(key_train, 2**31 - 1), t),
+                config.logging.eval_prompts,
+            )
+            metrics["win_rate_vs_reference"] = win
+        logger(t + 1, metrics)
+    h = logger.history
+    summary = {
+        "mode": "prompts",
+        "num_prompts": len(prompts),
+        "truncated_prompts": int(prompts.num_truncated),
+        "first_loss": h[0]["loss"],
+        "final_loss": h[-1]["loss"],
+        "final_kl_k3": h[-1]["kl_k3"],
+        "median_iteration_s": float(np.median([r["time_s"] for r in h])),
+    }
+    if win is not None:
+        summary["final_win_rate_vs_reference"] = win
+    return summary, trainer.model()
+
+
+__all__ = [
+    "OnlineAlgorithmConfig",
+    "OnlineLoggingConfig",
+    "OnlineLoopConfig",
+    "OnlineRunConfig",
+    "OnlineTrainConfig",
+    "OracleConfig",
+    "PromptsConfig",
+    "TestbedConfig",
+    "is_online_config",
+    "load_online_config",
+    "online_config_from_dict",
+    "train_online",
+]
