@@ -1,4 +1,5 @@
-"""Sharded training of preference-optimisation objectives (DPO for now).
+"""Sharded training of preference-optimisation objectives: offline (DPO, IPO, robust DPO)
+and online (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO).
 
 * :class:`TrainConfig` / :func:`load_train_config` — typed run config from YAML
   (``configs/train/*.yaml``) plus dotted overrides.
@@ -19,6 +20,7 @@
 
 from jaxalign.train.checkpoint import Checkpointer, CheckpointError
 from jaxalign.train.config import (
+    OFFLINE_ALGORITHMS,
     AlgorithmConfig,
     CheckpointConfig,
     DebugConfig,
@@ -85,9 +87,11 @@ from jaxalign.train.state import (
     init_train_state,
     train_shardings,
 )
-from jaxalign.train.step import dpo_train_step
+from jaxalign.train.step import LOSSES, dpo_train_step, preference_train_step
 
 __all__ = [
+    "LOSSES",
+    "OFFLINE_ALGORITHMS",
     "ONLINE_ALGORITHMS",
     "AlgorithmConfig",
     "CheckpointConfig",
@@ -136,6 +140,7 @@ __all__ = [
     "multiobjective_dpo_step",
     "online_train",
     "preference_model_oracle",
+    "preference_train_step",
     "read_jsonl",
     "responses_from_generation",
     "reward_model_oracle",

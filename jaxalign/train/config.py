@@ -104,19 +104,60 @@ class ScheduleConfig:
             _bad("end_lr_ratio", self.end_lr_ratio, "a number in [0, 1]")
 
 
+#: The offline preference losses ``algorithm.name`` selects (see :class:`AlgorithmConfig`).
+OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo")
+
+# The hyperparameters each loss reads; the others must keep their defaults.
+_ALGORITHM_FIELDS = {
+    "dpo": ("beta", "label_smoothing"),
+    "ipo": ("tau",),
+    "robust_dpo": ("beta", "flip_rate"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
-    """The preference-optimisation objective."""
+    """The preference-optimisation objective (an offline loss on preference pairs).
 
-    name: Literal["dpo"] = "dpo"  # DPO (Rafailov et al. 2023)
-    beta: float = 0.1  # KL strength β > 0
-    label_smoothing: float = 0.0  # ε ∈ [0, ½): conservative DPO
+    With ``h = (log π_w − log π_ref,w) − (log π_l − log π_ref,l)`` the anchored log-ratio:
+
+    * ``dpo`` (Rafailov et al. 2023): ``(1−ε)·softplus(−βh) + ε·softplus(βh)``, ε =
+      ``label_smoothing`` (conservative DPO: the expected loss under label flips);
+    * ``ipo`` (Azar et al. 2023): ``(h − 1/(2τ))²``;
+    * ``robust_dpo`` (Chowdhury et al. 2024): ``[(1−ε)·softplus(−βh) − ε·softplus(βh)]/(1−2ε)``,
+      ε = ``flip_rate``: unbiased for the clean DPO loss under labels flipped at rate ε.
+
+    A field the chosen loss does not read must keep its default (a set ``tau`` with
+    ``name: dpo`` is an error rather than silently ignored).
+    """
+
+    name: Literal["dpo", "ipo", "robust_dpo"] = "dpo"  # the loss (see above)
+    beta: float = 0.1  # dpo, robust_dpo: KL strength / logistic scale β > 0
+    label_smoothing: float = 0.0  # dpo: ε ∈ [0, ½), conservative DPO
+    tau: float = 0.1  # ipo: regularisation τ > 0; the log-ratio target is 1/(2τ)
+    flip_rate: float = 0.0  # robust_dpo: assumed label-flip rate ε ∈ [0, ½)
 
     def __post_init__(self):
         if not self.beta > 0:
             _bad("beta", self.beta, "> 0")
         if not 0 <= self.label_smoothing < 0.5:
             _bad("label_smoothing", self.label_smoothing, "a number in [0, 0.5)")
+        if not self.tau > 0:
+            _bad("tau", self.tau, "> 0")
+        if not 0 <= self.flip_rate < 0.5:
+            _bad("flip_rate", self.flip_rate, "a number in [0, 0.5)")
+        used = _ALGORITHM_FIELDS[self.name]
+        for field in dataclasses.fields(self):
+            if field.name == "name" or field.name in used:
+                continue
+            value = getattr(self, field.name)
+            if value != field.default:
+                users = [n for n, keys in _ALGORITHM_FIELDS.items() if field.name in keys]
+                raise ValueError(
+                    f"{field.name}={value!r} is not used by name={self.name!r} (only by "
+                    f"{' / '.join(users)}); remove it or leave it at its default "
+                    f"{field.default!r}. {self.name} reads: {', '.join(used)}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +276,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 __all__ = [
+    "OFFLINE_ALGORITHMS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "DebugConfig",

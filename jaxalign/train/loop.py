@@ -67,7 +67,7 @@ from jaxalign.train.state import (
     init_train_state,
     train_shardings,
 )
-from jaxalign.train.step import dpo_train_step
+from jaxalign.train.step import preference_train_step
 from jaxalign.train.tensorboard import SummaryWriter
 
 
@@ -188,7 +188,7 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Runs (or resumes) a DPO training run described by ``config``.
+    """Runs (or resumes) a preference-optimisation run (DPO, IPO or robust DPO; ``algorithm``).
 
     Args:
         config: the run; see :class:`jaxalign.train.TrainConfig`.
@@ -265,13 +265,17 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
     # The step: jitted once per batch shape, with explicit shardings and donation.
     batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example)
+    algo = config.algorithm
     step_fn = functools.partial(
-        dpo_train_step,
+        preference_train_step,
         graphdef=graphdef,
         tx=tx,
         lr_schedule=lr_schedule,
-        beta=config.algorithm.beta,
-        label_smoothing=config.algorithm.label_smoothing,
+        algorithm=algo.name,
+        beta=algo.beta,
+        label_smoothing=algo.label_smoothing,
+        tau=algo.tau,
+        flip_rate=algo.flip_rate,
         grad_accum_steps=config.optimizer.grad_accum_steps,
         batch_sharding=sh.batch,
     )

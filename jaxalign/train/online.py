@@ -201,6 +201,12 @@ class OnlineHistory(NamedTuple):
     win_rate_vs_reference: Float[Array, "T1"]  # π_t^T P π_ref
     loss: Float[Array, "T"]  # mean pairwise loss after the (last) fit of iteration t
     log_policies: Float[Array, "T1 n"]  # exact enumerated log π_t
+    # KL(T(π_t) ‖ π_{t+1}): how far the fitted policy lands from the exact tabular update T
+    # applied to the LLM's own π_t (NaN for ONPO / MNPO, whose T needs more state than π_t).
+    tracking_kl: Float[Array, "T"]
+    # KL(π_{t+1} ‖ π_t) / KL(T(π_t) ‖ π_t): the fitted step's length relative to the exact
+    # update's (< 1: the fit under-shoots, > 1: over-shoots; NaN for ONPO / MNPO).
+    step_ratio: Float[Array, "T"]
 
 
 class OnlineResult(NamedTuple):
@@ -652,15 +658,26 @@ def online_train(
     with trainer._context():
         log_ref = task.enumerate(trainer.ref_params)
         records = [task.evaluate(trainer.state.params, log_ref)]
-    losses = []
+    exact_step = _exact_step(config, game, log_ref)
+    losses, tracking, ratio = [], [], []
     for t in range(config.num_iterations):
         metrics = trainer.iteration(jax.random.fold_in(key, t))
         with trainer._context():
             lp, ev = task.evaluate(trainer.state.params, log_ref)
+        prev = records[-1][0]
         records.append((lp, ev))
         losses.append(metrics["loss"])
+        extra = {k: float(v) for k, v in ev._asdict().items()}
+        if exact_step is not None:
+            target = exact_step(prev)
+            extra["tracking_kl"] = float(_kl(target, lp))
+            extra["step_ratio"] = float(_kl(lp, prev) / jnp.maximum(_kl(target, prev), 1e-12))
+        else:
+            extra["tracking_kl"] = extra["step_ratio"] = float("nan")
+        tracking.append(extra["tracking_kl"])
+        ratio.append(extra["step_ratio"])
         if callback is not None:
-            callback(t + 1, {**metrics, **{k: float(v) for k, v in ev._asdict().items()}})
+            callback(t + 1, {**metrics, **extra})
 
     evs = [r[1] for r in records]
     hist = OnlineHistory(
@@ -670,8 +687,23 @@ def online_train(
         win_rate_vs_reference=jnp.stack([e.win_rate_vs_reference for e in evs]),
         loss=jnp.asarray(losses, jnp.float32),
         log_policies=jnp.stack([r[0] for r in records]),
+        tracking_kl=jnp.asarray(tracking, jnp.float32),
+        step_ratio=jnp.asarray(ratio, jnp.float32),
     )
     return OnlineResult(trainer.model(), hist, log_ref)
+
+
+def _kl(log_p, log_q):
+    p = jnp.exp(log_p)
+    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), jnp.zeros_like(p)))
+
+
+def _exact_step(config: OnlineConfig, game: G.PreferenceGame, log_ref) -> Callable | None:
+    """``log π_t ↦ log T(π_t)``, the tabular update from π_t alone (None if T needs more)."""
+    if config.algorithm in ("onpo", "mnpo"):
+        return None
+    solver = tabular_solver(config, log_ref)
+    return jax.jit(lambda lp: solver.step(game, solver.init(game, lp)).log_policy)
 
 
 def tabular_baseline(

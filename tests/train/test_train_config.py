@@ -36,7 +36,10 @@ def test_unknown_key_names_the_key_the_value_and_the_nearest_key():
         ("checkpoint.async_save=maybe", r"checkpoint\.async_save: expected true/false"),
         ("optimizer.lr=-1", r"optimizer: lr=-1\.0 is invalid; expected > 0"),
         ("algorithm.beta=0", r"algorithm: beta=0\.0 is invalid; expected > 0"),
-        ("algorithm.name=dpp", r"not one of \['dpo'\] \(did you mean 'dpo'\?\)"),
+        (
+            "algorithm.name=dpp",
+            r"not one of \['dpo', 'ipo', 'robust_dpo'\] \(did you mean 'dpo'\?\)",
+        ),
         ("schedule.kind=cosin", r"did you mean 'cosine'"),
         ("optimizer.grad_accum_steps=3", r"batch_size=16 must be divisible"),
         ("checkpoint.enabled=false run.resume=true", r"run\.resume=true needs checkpoint"),

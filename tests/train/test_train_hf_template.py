@@ -1,8 +1,10 @@
-"""configs/train/dpo_hf.yaml: the template for a local HF checkpoint + JSONL data runs as is
-once its paths point at real files (here: a tiny saved model, tokenizer and dataset)."""
+"""configs/train/{dpo,ipo,robust_dpo}_hf.yaml: the templates for a local HF checkpoint + JSONL
+data run as is once their paths point at real files (here: a tiny saved model, tokenizer and
+dataset)."""
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxalign.data import make_tiny_preference_dataset
@@ -11,7 +13,8 @@ from jaxalign.models import CausalLM, ModelConfig, build_tiny_tokenizer, save_pr
 from jaxalign.train import load_train_config, train
 
 
-def test_hf_template_trains_a_saved_checkpoint_on_jsonl_data(tmp_path):
+@pytest.mark.parametrize("template", ["dpo_hf.yaml", "ipo_hf.yaml", "robust_dpo_hf.yaml"])
+def test_hf_template_trains_a_saved_checkpoint_on_jsonl_data(tmp_path, template):
     config = ModelConfig(
         vocab_size=384,
         hidden_size=32,
@@ -25,7 +28,7 @@ def test_hf_template_trains_a_saved_checkpoint_on_jsonl_data(tmp_path):
     build_tiny_tokenizer(tmp_path / "hf")
     make_tiny_preference_dataset(tmp_path / "prefs.jsonl", num_rows=64, seed=0)
     cfg = load_train_config(
-        repo_root() / "configs" / "train" / "dpo_hf.yaml",
+        repo_root() / "configs" / "train" / template,
         [
             f"init.pretrained={tmp_path / 'hf'}",
             f"init.tokenizer={tmp_path / 'hf'}",
@@ -44,9 +47,12 @@ def test_hf_template_trains_a_saved_checkpoint_on_jsonl_data(tmp_path):
             "logging.peak_flops=1e9",
         ],
     )
+    assert cfg.algorithm.name == template.removesuffix("_hf.yaml")
     result = train(cfg, quiet=True)
     assert result.status == "completed" and result.step == 3
     losses = [h["loss"] for h in result.history]
-    assert abs(losses[0] - np.log(2.0)) < 1e-5  # π = π_ref at the first step
+    # π = π_ref at the first step (h = 0): log 2 for the logistic losses, (1/(2τ))² for IPO.
+    first = (1 / (2 * cfg.algorithm.tau)) ** 2 if cfg.algorithm.name == "ipo" else np.log(2.0)
+    np.testing.assert_allclose(losses[0], first, rtol=1e-5)
     assert all(np.isfinite(losses))
     assert (tmp_path / "run" / "config.yaml").exists()
