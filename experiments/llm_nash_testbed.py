@@ -1,15 +1,17 @@
 """Online LLM-form Nash algorithms on the enumerable testbed vs their tabular solvers.
 
 A tiny transformer (vocabulary = the testbed alphabet) is trained online with INPO, ONPO,
-online IPO and MNPO (:func:`jaxalign.train.online.online_train`): each iteration samples
-pairs from the current policy with the KV-cache sampler, labels them with Bernoulli draws
-from a non-transitive (cyclic) preference game over all ``A^L`` responses, and fits the
-pairwise loss. Because the response space is enumerable, the *exact* duality gap of every
-iterate (and of the running average) is computed and drawn next to the tabular solver of
-:mod:`jaxalign.games` with the same step size, on the same game, from the same initial
-policy (the model's enumerated π_0, also the reference).
+online IPO, MNPO, EGPO and Nash-MD (with the exact sequence-level mixture and with
+Nash-MD-PG's token-level mixture) by :func:`jaxalign.train.online.online_train`: each
+iteration samples pairs with the KV-cache sampler, labels them with Bernoulli draws from a
+non-transitive (cyclic) preference game over all ``A^L`` responses, and fits the pairwise
+loss. Because the response space is enumerable, the *exact* duality gap of every iterate
+(and of the running average) is drawn next to the tabular solver of :mod:`jaxalign.games`
+with the same step size, on the same game, from the same initial policy (the model's
+enumerated π_0, also the reference). The last panel shows how far each fitted policy lands
+from the exact tabular update of the LLM's own π_t (``tracking_kl``).
 
-Run: ``jaxalign reproduce llm-nash-testbed`` (quick profile: about a minute on a CPU).
+Run: ``jaxalign reproduce llm-nash-testbed`` (quick profile: about two minutes on a CPU).
 """
 
 import dataclasses
@@ -33,26 +35,43 @@ class Config:
     hidden_size: int = 32
     num_layers: int = 1
     init_scale: float = 0.5  # initializer_range: a non-uniform π_0
-    algorithms: tuple[str, ...] = ("inpo", "onpo", "online_ipo", "mnpo")
+    algorithms: tuple[str, ...] = (
+        "inpo",
+        "onpo",
+        "online_ipo",
+        "mnpo",
+        "egpo",
+        "nash_md",
+        "nash_md_token",
+    )
     num_iterations: int = 20  # T outer iterations
     batch_size: int = 256  # pairs per iteration
     inner_steps: int = 30  # Adam steps per fit
     learning_rate: float = 0.03
     step_size: float = 2.0  # s of INPO / ONPO / MNPO
-    tau: float = 0.05  # KL weight of INPO and MNPO
+    tau: float = 0.05  # KL weight of INPO, MNPO, EGPO and Nash-MD
     ipo_tau: float = 0.5  # τ of online IPO (its step is 1/τ)
     num_players: int = 3  # MNPO: the last n − 1 iterates are the opponents
     soft_labels: bool = False  # True: P(a ≻ b) instead of Bernoulli labels
     seed: int = 0
 
 
-LABELS = {"inpo": "INPO", "onpo": "ONPO", "online_ipo": "online IPO", "mnpo": "MNPO"}
+LABELS = {
+    "inpo": "INPO",
+    "onpo": "ONPO",
+    "online_ipo": "online IPO",
+    "mnpo": "MNPO",
+    "egpo": "EGPO",
+    "nash_md": "Nash-MD (sequence mixture)",
+    "nash_md_token": "Nash-MD (token mixture)",
+}
 
 
 def _online_config(cfg: Config, algorithm: str) -> ol.OnlineConfig:
-    tau = {"inpo": cfg.tau, "mnpo": cfg.tau, "online_ipo": cfg.ipo_tau, "onpo": 0.0}[algorithm]
+    tau = {"online_ipo": cfg.ipo_tau, "onpo": 0.0}.get(algorithm, cfg.tau)
     return ol.OnlineConfig(
-        algorithm=algorithm,
+        algorithm="nash_md" if algorithm == "nash_md_token" else algorithm,
+        mixture="token" if algorithm == "nash_md_token" else "sequence",
         num_iterations=cfg.num_iterations,
         batch_size=cfg.batch_size,
         inner_steps=cfg.inner_steps,
@@ -89,7 +108,7 @@ def run(cfg: Config, track) -> Result:
 
     ts = np.arange(cfg.num_iterations + 1)
     curves: dict[str, dict[str, np.ndarray]] = {}
-    runtime, kl = {}, {}
+    runtime, kl, tracking, ratio = {}, {}, {}, {}
     for algorithm in track(cfg.algorithms, "algorithms"):
         oc = _online_config(cfg, algorithm)
         t0 = time.perf_counter()
@@ -103,34 +122,47 @@ def run(cfg: Config, track) -> Result:
         curves[algorithm] = {
             "llm_last": gaps,
             "llm_avg": np.concatenate([g0, avg]),
+            "llm_reg": np.asarray(res.history.regularised_gap),
             "tab_last": np.concatenate([g0, np.asarray(tab.last_gap)]),
             "tab_avg": np.concatenate([g0, np.asarray(tab.avg_gap)]),
         }
         kl[algorithm] = float(res.history.kl_to_reference[-1])
+        tk = np.asarray(res.history.tracking_kl)
+        if np.all(np.isfinite(tk)):
+            tracking[algorithm] = tk
+            ratio[algorithm] = np.asarray(res.history.step_ratio)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    for ax, which, title in (
-        (axes[0], "last", "last iterate π_t"),
-        (axes[1], "avg", "average iterate (1/t) Σ π_i"),
-    ):
-        for algorithm, c in curves.items():
-            (line,) = ax.plot(ts, c[f"llm_{which}"], "-o", ms=3, label=f"{LABELS[algorithm]} (LLM)")
-            ax.plot(
-                ts,
-                c[f"tab_{which}"],
-                "--",
-                color=line.get_color(),
-                label=f"{LABELS[algorithm]} (tabular)",
-            )
-        ax.set_title(f"exact duality gap, {title}")
-        ax.set_xlabel("outer iteration t")
+    n = len(curves) + (1 if tracking else 0)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    flat = axes.ravel()
+    for ax, (algorithm, c) in zip(flat, curves.items()):
+        ax.plot(ts, c["llm_last"], "-o", ms=3, color="C0", label="LLM, last iterate")
+        ax.plot(ts, c["llm_avg"], "-", color="C2", label="LLM, average iterate")
+        ax.plot(ts, c["tab_last"], "--", color="C1", label="tabular, last iterate")
+        ax.plot(ts, c["tab_avg"], ":", color="C3", label="tabular, average iterate")
+        ax.set_title(LABELS[algorithm], fontsize=10)
+        ax.set_xlabel("outer iteration t", fontsize=8)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("duality gap (unregularised game)")
-    axes[1].legend(fontsize=8, ncol=2)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact duality gap")
+    flat[0].legend(fontsize=7)
+    if tracking:
+        ax = flat[len(curves)]
+        for algorithm, tk in tracking.items():
+            ax.semilogy(ts[1:], tk, "-o", ms=3, label=LABELS[algorithm])
+        ax.set_title("KL(T(π_t) ‖ π_{t+1}): fit vs exact update", fontsize=9)
+        ax.set_xlabel("outer iteration t", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in flat[n:]:
+        ax.axis("off")
     fig.suptitle(
-        f"online LLM-form vs tabular on a cyclic game over {testbed.num_responses} responses "
-        f"(A={cfg.alphabet_size}, L={cfg.response_length}; B={cfg.batch_size} sampled pairs, "
-        f"{cfg.inner_steps} Adam steps, s={cfg.step_size:g})",
+        f"online LLM-form vs tabular solvers, cyclic game over {testbed.num_responses} responses "
+        f"(A={cfg.alphabet_size}, L={cfg.response_length}; B={cfg.batch_size} pairs, "
+        f"{cfg.inner_steps} Adam steps, s={cfg.step_size:g}, τ={cfg.tau:g})",
         fontsize=10,
     )
     fig.tight_layout()
@@ -139,6 +171,10 @@ def run(cfg: Config, track) -> Result:
     for algorithm, c in curves.items():
         for name, v in c.items():
             table[f"{algorithm}_{name}"] = [float(x) for x in v]
+        if algorithm in tracking:
+            table[f"{algorithm}_tracking_kl"] = [float("nan")] + [
+                float(x) for x in tracking[algorithm]
+            ]
     first = next(iter(curves.values()))
     summary = {
         "num_responses": testbed.num_responses,
@@ -147,8 +183,12 @@ def run(cfg: Config, track) -> Result:
         "final_gap_tabular": {a: float(c["tab_last"][-1]) for a, c in curves.items()},
         "final_avg_gap_llm": {a: float(c["llm_avg"][-1]) for a, c in curves.items()},
         "final_avg_gap_tabular": {a: float(c["tab_avg"][-1]) for a, c in curves.items()},
+        "final_regularised_gap_llm": {a: float(c["llm_reg"][-1]) for a, c in curves.items()},
         "min_gap_llm": {a: float(c["llm_last"].min()) for a, c in curves.items()},
         "final_kl_to_reference": kl,
+        "first_step_ratio": {a: float(r[0]) for a, r in ratio.items()},
+        "median_step_ratio_after_first": {a: float(np.median(r[1:])) for a, r in ratio.items()},
+        "median_tracking_kl": {a: float(np.median(v)) for a, v in tracking.items()},
         "runtime_s": runtime,
     }
     return Result(figure=fig, table=table, summary=summary)
@@ -156,7 +196,7 @@ def run(cfg: Config, track) -> Result:
 
 EXPERIMENT = Experiment(
     "llm-nash-testbed",
-    "Online INPO/ONPO/online-IPO/MNPO on a tiny transformer: exact duality gap vs tabular solvers",
+    "Online INPO/ONPO/online IPO/MNPO/EGPO/Nash-MD on a tiny transformer: exact gaps vs tabular",
     Config,
     run,
 )

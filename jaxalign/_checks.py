@@ -24,8 +24,11 @@ _NORMALISATION_TOL = {
 
 
 def is_concrete(x) -> bool:
-    """True when ``x`` holds actual values (not a tracer under jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
+    """True when ``x`` holds values this process can read: not a tracer under
+    jit/vmap/grad, nor a global array with shards on other processes (multi-host)."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return not isinstance(x, jax.Array) or x.is_fully_addressable
 
 
 def _short(x, limit: int = 8) -> str:
