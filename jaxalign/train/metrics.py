@@ -88,13 +88,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_jsonl(path: str | Path, last_step: int) -> int:
-    """Keeps records with ``step <= last_step``; returns how many were dropped."""
+def truncate_jsonl(path: str | Path, last_step: int, *, key: str = "step") -> int:
+    """Keeps records with ``record[key] <= last_step``; returns how many were dropped."""
     path = Path(path)
     if not path.exists():
         return 0
     records = read_jsonl(path)
-    kept = [r for r in records if r.get("step", 0) <= last_step]
+    kept = [r for r in records if r.get(key, 0) <= last_step]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     return len(records) - len(kept)
 

@@ -638,6 +638,33 @@ def online_train(
       :class:`OnlineResult`: the final model, per-iteration exact gaps / KL / win rates /
       losses / enumerated policies, and the exact log π_ref.
     """
+    trainer, task = testbed_trainer(
+        model, testbed, game, config, oracle=oracle, reference=reference, mesh=mesh, rules=rules
+    )
+    scorer = TestbedScorer(task, trainer)
+    losses = []
+    for t in range(config.num_iterations):
+        metrics = trainer.iteration(jax.random.fold_in(key, t))
+        losses.append(metrics["loss"])
+        exact = scorer.score(trainer.state.params)
+        if callback is not None:
+            callback(t + 1, {**metrics, **exact})
+    return OnlineResult(trainer.model(), scorer.history(losses), scorer.log_ref)
+
+
+def testbed_trainer(
+    model,
+    testbed: tb.Testbed,
+    game: G.PreferenceGame,
+    config: OnlineConfig,
+    *,
+    oracle: Oracle | None = None,
+    reference=None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+) -> tuple[OnlineTrainer, TestbedTask]:
+    """An :class:`OnlineTrainer` on the testbed (fixed prompt, length-L responses, exact
+    sequence-mixture sampler) and its :class:`TestbedTask`."""
     vocab = model.config.vocab_size
     if vocab != testbed.alphabet_size:
         raise ValueError(
@@ -657,42 +684,77 @@ def online_train(
         rules=rules,
         sequence_sampler=task.sequence_sampler,
     )
-    with trainer._context():
-        log_ref = task.enumerate(trainer.ref_params)
-        records = [task.evaluate(trainer.state.params, log_ref)]
-    exact_step = _exact_step(config, game, log_ref)
-    losses, tracking, ratio = [], [], []
-    for t in range(config.num_iterations):
-        metrics = trainer.iteration(jax.random.fold_in(key, t))
-        with trainer._context():
-            lp, ev = task.evaluate(trainer.state.params, log_ref)
-        prev = records[-1][0]
-        records.append((lp, ev))
-        losses.append(metrics["loss"])
-        extra = {k: float(v) for k, v in ev._asdict().items()}
-        if exact_step is not None:
-            target = exact_step(prev)
-            extra["tracking_kl"] = float(_kl(target, lp))
-            extra["step_ratio"] = float(_kl(lp, prev) / jnp.maximum(_kl(target, prev), 1e-12))
-        else:
-            extra["tracking_kl"] = extra["step_ratio"] = float("nan")
-        tracking.append(extra["tracking_kl"])
-        ratio.append(extra["step_ratio"])
-        if callback is not None:
-            callback(t + 1, {**metrics, **extra})
+    return trainer, task
 
-    evs = [r[1] for r in records]
-    hist = OnlineHistory(
-        duality_gap=jnp.stack([e.duality_gap for e in evs]),
-        regularised_gap=jnp.stack([e.regularised_gap for e in evs]),
-        kl_to_reference=jnp.stack([e.kl_to_reference for e in evs]),
-        win_rate_vs_reference=jnp.stack([e.win_rate_vs_reference for e in evs]),
-        loss=jnp.asarray(losses, jnp.float32),
-        log_policies=jnp.stack([r[0] for r in records]),
-        tracking_kl=jnp.asarray(tracking, jnp.float32),
-        step_ratio=jnp.asarray(ratio, jnp.float32),
-    )
-    return OnlineResult(trainer.model(), hist, log_ref)
+
+class TestbedScorer:
+    """Exact scores of every iterate of a testbed run: gaps, KL, win rate and the tracking
+    error KL(T(π_t) ‖ π_{t+1}) against the exact tabular update T of the LLM's own π_t.
+
+    ``state_dict`` / ``load_state_dict`` carry the enumerated history across a resume.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, task: TestbedTask, trainer: OnlineTrainer):
+        self.task, self.trainer = task, trainer
+        with trainer._context():
+            self.log_ref = task.enumerate(trainer.ref_params)
+            lp, ev = task.evaluate(trainer.state.params, self.log_ref)
+        self.log_policies = [lp]
+        self.evaluations = [ev]
+        self.tracking: list[float] = []
+        self.ratio: list[float] = []
+        self.exact_step = _exact_step(trainer.config, task.game, self.log_ref)
+
+    def score(self, params) -> dict[str, float]:
+        """Scores the policy after the latest iteration and records it."""
+        with self.trainer._context():
+            lp, ev = self.task.evaluate(params, self.log_ref)
+        prev = self.log_policies[-1]
+        self.log_policies.append(lp)
+        self.evaluations.append(ev)
+        out = {k: float(v) for k, v in ev._asdict().items()}
+        if self.exact_step is not None:
+            target = self.exact_step(prev)
+            out["tracking_kl"] = float(_kl(target, lp))
+            out["step_ratio"] = float(_kl(lp, prev) / jnp.maximum(_kl(target, prev), 1e-12))
+        else:
+            out["tracking_kl"] = out["step_ratio"] = float("nan")
+        self.tracking.append(out["tracking_kl"])
+        self.ratio.append(out["step_ratio"])
+        return out
+
+    def history(self, losses) -> OnlineHistory:
+        evs = self.evaluations
+        return OnlineHistory(
+            duality_gap=jnp.stack([e.duality_gap for e in evs]),
+            regularised_gap=jnp.stack([e.regularised_gap for e in evs]),
+            kl_to_reference=jnp.stack([e.kl_to_reference for e in evs]),
+            win_rate_vs_reference=jnp.stack([e.win_rate_vs_reference for e in evs]),
+            loss=jnp.asarray(losses, jnp.float32),
+            log_policies=jnp.stack(self.log_policies),
+            tracking_kl=jnp.asarray(self.tracking, jnp.float32),
+            step_ratio=jnp.asarray(self.ratio, jnp.float32),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable history (enumerated log-policies and scores)."""
+        return {
+            "log_policies": np.asarray(jnp.stack(self.log_policies)).tolist(),
+            "evaluations": [[float(x) for x in e] for e in self.evaluations],
+            "tracking": self.tracking,
+            "ratio": self.ratio,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        dtype = self.log_ref.dtype
+        self.log_policies = [jnp.asarray(x, dtype) for x in d["log_policies"]]
+        self.evaluations = [
+            tb.Evaluation(*(jnp.asarray(x, dtype) for x in e)) for e in d["evaluations"]
+        ]
+        self.tracking = [float(x) for x in d["tracking"]]
+        self.ratio = [float(x) for x in d["ratio"]]
 
 
 def _kl(log_p, log_q):
@@ -741,10 +803,12 @@ __all__ = [
     "Oracle",
     "PromptSource",
     "Responses",
+    "TestbedScorer",
     "TestbedTask",
     "average_policy_gaps",
     "online_train",
     "tabular_baseline",
     "tabular_solver",
     "testbed_oracle",
+    "testbed_trainer",
 ]

@@ -16,8 +16,11 @@ Two modes, chosen by the config:
   and (every ``logging.eval_every``) the oracle's win rate of π_t against π_ref.
 
 The run directory holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
-``summary.json`` and the final policy as a Hugging Face checkpoint in ``model/``.
-Online runs do not checkpoint mid-run; ``run.resume`` is refused.
+``summary.json``, ``checkpoints/<iteration>/`` (Orbax: the policy, the anchors the algorithm
+keeps — ONPO's π'_t, MNPO's past iterates — and, on the testbed, the exact history) and the
+final policy as a Hugging Face checkpoint in ``model/``. ``--resume`` continues from the
+newest checkpoint; iteration ``t`` draws its randomness from ``fold_in(key, t)``, so a
+resumed run repeats the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ import numpy as np
 from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from jaxalign.models import CausalLM, ModelConfig, axis_rules, from_pretrained, save_pretrained
 from jaxalign.parallel import DEFAULT_RULES, DistributedConfig, MeshConfig, initialize_distributed
-from jaxalign.train.config import InitConfig, ShardingConfig
+from jaxalign.train.config import CheckpointConfig, InitConfig, ShardingConfig
 from jaxalign.train.online import (
     ALGORITHMS,
+    LoopState,
     OnlineConfig,
     OnlineTrainer,
+    TestbedScorer,
     average_policy_gaps,
-    online_train,
+    testbed_trainer,
 )
 from jaxalign.train.online import tabular_baseline as _tabular_baseline
 
@@ -142,14 +147,14 @@ class OnlineRunConfig:
     seed: int = 0  # model init, prompts, sampling and labels
     out_dir: str = "runs/online"  # run directory
     overwrite: bool = False  # delete an existing out_dir first
-    resume: bool = False  # not supported for online runs (refused)
+    resume: bool = False  # continue from the newest checkpoint in out_dir
     save_model: bool = True  # write the final policy to <out_dir>/model (HF format)
 
     def __post_init__(self):
         if self.iterations < 1:
             _bad("iterations", self.iterations, "a positive integer")
-        if self.resume:
-            _bad("resume", self.resume, "false: online runs do not checkpoint mid-run yet")
+        if self.resume and self.overwrite:
+            _bad("resume/overwrite", (self.resume, self.overwrite), "at most one of them true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +183,15 @@ class OnlineTrainConfig:
     sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     logging: OnlineLoggingConfig = dataclasses.field(default_factory=OnlineLoggingConfig)
+    # Orbax checkpoints of the loop state (policy, anchors, iteration) every N iterations
+    checkpoint: CheckpointConfig = dataclasses.field(
+        default_factory=lambda: CheckpointConfig(every_steps=10, keep=2)
+    )
     run: OnlineRunConfig = dataclasses.field(default_factory=OnlineRunConfig)
 
     def __post_init__(self):
+        if self.run.resume and not self.checkpoint.enabled:
+            raise ValueError("run.resume=true needs checkpoint.enabled=true")
         if self.testbed_mode:
             if self.init.pretrained:
                 _bad("init.pretrained", self.init.pretrained, '"" in testbed mode')
@@ -284,15 +295,22 @@ def _oracle(cfg: OnlineTrainConfig, mesh, rules):
 
 
 class _Logger:
-    def __init__(self, out: Path, cfg: OnlineTrainConfig, is_main: bool):
-        from jaxalign.train.metrics import JsonlWriter
+    """metrics.jsonl + TensorBoard on process 0; keeps every record for the summary."""
+
+    def __init__(self, out: Path, cfg: OnlineTrainConfig, is_main: bool, start: int):
+        from jaxalign.train.metrics import JsonlWriter, read_jsonl, truncate_jsonl
         from jaxalign.train.tensorboard import SummaryWriter
 
-        self.jsonl = JsonlWriter(out / "metrics.jsonl") if is_main else None
+        path = out / "metrics.jsonl"
+        self.history: list[dict[str, float]] = []
+        if start and path.exists():
+            self.history = [r for r in read_jsonl(path) if r.get("iteration", 0) <= start]
+        if is_main:
+            truncate_jsonl(path, start, key="iteration")
+        self.jsonl = JsonlWriter(path) if is_main else None
         self.tb = (
             SummaryWriter(out / "tensorboard") if is_main and cfg.logging.tensorboard else None
         )
-        self.history: list[dict[str, float]] = []
 
     def __call__(self, t: int, metrics: dict[str, float]) -> None:
         record = {"iteration": t, **metrics}
@@ -309,13 +327,13 @@ class _Logger:
 
 
 def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Runs an online training run; returns (and writes to ``summary.json``) its summary."""
+    """Runs (or resumes) an online training run; returns (and writes to ``summary.json``)
+    its summary."""
     from jaxalign.train.loop import _make_mesh, _prepare_run_dir
 
     initialize_distributed(config=config.distributed)
-    say = (
-        (lambda *a: None) if quiet or jax.process_index() else functools.partial(print, flush=True)
-    )
+    quiet = quiet or jax.process_index() > 0
+    say = (lambda *a: None) if quiet else functools.partial(print, flush=True)
     out = _prepare_run_dir(config)
     is_main = jax.process_index() == 0
     if is_main:
@@ -326,27 +344,88 @@ def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str,
     rules = DEFAULT_RULES.replace(dict(config.sharding.rules)).as_pairs()
     oc = config.online_config()
     key_model, key_train = jax.random.split(jax.random.key(config.run.seed))
-    logger = _Logger(out, config, is_main)
     t0 = time.perf_counter()
+    build = _testbed_run if config.testbed_mode else _prompts_run
+    trainer, scorer, summarise = build(config, oc, mesh, rules, key_model, out)
+
+    checkpointer = None
+    if config.checkpoint.enabled:
+        from jaxalign.train.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(out / "checkpoints", config.checkpoint)
+    start = 0
+    if config.run.resume and checkpointer is not None:
+        start = _restore(checkpointer, trainer, scorer, say)
+    logger = _Logger(out, config, is_main, start)
     try:
-        run = _run_testbed if config.testbed_mode else _run_prompts
-        summary, model = run(config, oc, mesh, rules, key_model, key_train, logger, out)
+        for t in range(start, oc.num_iterations):
+            metrics = trainer.iteration(jax.random.fold_in(key_train, t))
+            if scorer is not None:
+                metrics.update(scorer.score(trainer.state.params))
+            elif (t + 1) % config.logging.eval_every == 0 or t + 1 == oc.num_iterations:
+                metrics["win_rate_vs_reference"] = trainer.win_rate_vs_reference(
+                    jax.random.fold_in(jax.random.fold_in(key_train, 2**31 - 1), t),
+                    config.logging.eval_prompts,
+                )
+            logger(t + 1, metrics)
+            done = t + 1 == oc.num_iterations
+            if checkpointer is not None and ((t + 1) % config.checkpoint.every_steps == 0 or done):
+                meta = {"step": t + 1, "config": to_dict(config)}
+                if scorer is not None:
+                    meta["testbed"] = scorer.state_dict()
+                checkpointer.save(t + 1, _loop_tree(trainer.state), meta, force=done)
     finally:
         logger.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    summary = summarise(logger.history) if logger.history else {}
     summary.update(
         algorithm=oc.algorithm,
         iterations=oc.num_iterations,
+        resumed_from=start or None,
         runtime_s=time.perf_counter() - t0,
         out_dir=str(out),
     )
     if config.run.save_model:
         with jax.set_mesh(mesh), axis_rules(rules):
-            save_pretrained(model, out / "model")
+            save_pretrained(trainer.model(), out / "model")
         summary["model_dir"] = str(out / "model")
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say(f"jaxalign: online {oc.algorithm}: {json.dumps(_headline(summary))}")
     return summary
+
+
+def _loop_tree(state: LoopState) -> dict[str, Any]:
+    """The arrays of a loop state that a checkpoint stores (None entries dropped)."""
+    tree: dict[str, Any] = {"params": state.params}
+    if state.prime is not None:
+        tree["prime"] = state.prime
+    if state.opponents:
+        tree["opponents"] = list(state.opponents)
+    return tree
+
+
+def _restore(checkpointer, trainer: OnlineTrainer, scorer, say) -> int:
+    def abstract(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+    target = jax.tree.map(abstract, _loop_tree(trainer.state))
+    restored = checkpointer.restore_latest(target)
+    if restored is None:
+        say(f"jaxalign: no checkpoint in {checkpointer.directory}; starting from iteration 0")
+        return 0
+    step, tree, meta = restored
+    trainer.state = LoopState(
+        step,
+        tree["params"],
+        tree.get("prime"),
+        tuple(tree.get("opponents", ())),
+    )
+    if scorer is not None:
+        scorer.load_state_dict(meta["testbed"])
+    say(f"jaxalign: resumed from checkpoint iteration {step}")
+    return step
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -356,38 +435,40 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: round(summary[k], 4) for k in keys if k in summary}
 
 
-def _run_testbed(config, oc, mesh, rules, key_model, key_train, logger, out):
-    del out
+def _testbed_run(config, oc, mesh, rules, key_model, out):
     from jaxalign.data import testbed as tb
 
+    del out
     testbed = tb.Testbed(
         alphabet_size=config.testbed.alphabet_size,
         response_length=config.testbed.response_length,
     )
     game = _testbed_game(config.testbed, testbed)
     model = CausalLM.create(config.model, key=key_model)
-    res = online_train(
-        model, testbed, game, oc, key=key_train, mesh=mesh, rules=rules, callback=logger
-    )
-    h = res.history
-    tab = _tabular_baseline(oc, game, h.log_policies[0], res.log_ref)
-    avg = average_policy_gaps(game, h.log_policies)
-    summary = {
-        "mode": "testbed",
-        "num_responses": testbed.num_responses,
-        "initial_duality_gap": float(h.duality_gap[0]),
-        "final_duality_gap": float(h.duality_gap[-1]),
-        "min_duality_gap": float(jnp.min(h.duality_gap)),
-        "initial_regularised_gap": float(h.regularised_gap[0]),
-        "final_regularised_gap": float(h.regularised_gap[-1]),
-        "final_kl_to_reference": float(h.kl_to_reference[-1]),
-        "final_win_rate_vs_reference": float(h.win_rate_vs_reference[-1]),
-        "final_loss": float(h.loss[-1]),
-        "final_average_iterate_gap": float(avg[-1]),
-        "tabular_final_duality_gap": float(tab.last_gap[-1]),
-        "tabular_final_average_gap": float(tab.avg_gap[-1]),
-    }
-    return summary, res.model
+    trainer, task = testbed_trainer(model, testbed, game, oc, mesh=mesh, rules=rules)
+    scorer = TestbedScorer(task, trainer)
+
+    def summarise(history):
+        h = scorer.history([r["loss"] for r in history])
+        tab = _tabular_baseline(oc, game, h.log_policies[0], scorer.log_ref)
+        avg = average_policy_gaps(game, h.log_policies)
+        return {
+            "mode": "testbed",
+            "num_responses": testbed.num_responses,
+            "initial_duality_gap": float(h.duality_gap[0]),
+            "final_duality_gap": float(h.duality_gap[-1]),
+            "min_duality_gap": float(jnp.min(h.duality_gap)),
+            "initial_regularised_gap": float(h.regularised_gap[0]),
+            "final_regularised_gap": float(h.regularised_gap[-1]),
+            "final_kl_to_reference": float(h.kl_to_reference[-1]),
+            "final_win_rate_vs_reference": float(h.win_rate_vs_reference[-1]),
+            "final_loss": float(h.loss[-1]),
+            "final_average_iterate_gap": float(avg[-1]),
+            "tabular_final_duality_gap": float(tab.last_gap[-1]),
+            "tabular_final_average_gap": float(tab.avg_gap[-1]),
+        }
+
+    return trainer, scorer, summarise
 
 
 def _tokenizer(config, out: Path):
@@ -402,7 +483,7 @@ def _tokenizer(config, out: Path):
     return PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
 
 
-def _run_prompts(config, oc, mesh, rules, key_model, key_train, logger, out: Path):
+def _prompts_run(config, oc, mesh, rules, key_model, out: Path):
     from jaxalign.data import load_prompt_dataset, make_tiny_preference_dataset
 
     tokenizer = _tokenizer(config, out)
@@ -429,42 +510,34 @@ def _run_prompts(config, oc, mesh, rules, key_model, key_train, logger, out: Pat
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{model.config.vocab_size}"
         )
-    oracle = _oracle(config, mesh, rules)
     eos = tokenizer.eos_token_id
     trainer = OnlineTrainer(
         model,
         oc,
         prompts=prompts,
-        oracle=oracle,
+        oracle=_oracle(config, mesh, rules),
         eos_token_id=() if eos is None else int(eos),
         pad_token_id=int(prompts.pad_token_id),
         mesh=mesh,
         rules=rules,
     )
-    every = config.logging.eval_every
-    win = None
-    for t in range(oc.num_iterations):
-        metrics = trainer.iteration(jax.random.fold_in(key_train, t))
-        if (t + 1) % every == 0 or t + 1 == oc.num_iterations:
-            win = trainer.win_rate_vs_reference(
-                jax.random.fold_in(jax.random.fold_in(key_train, 2**31 - 1), t),
-                config.logging.eval_prompts,
-            )
-            metrics["win_rate_vs_reference"] = win
-        logger(t + 1, metrics)
-    h = logger.history
-    summary = {
-        "mode": "prompts",
-        "num_prompts": len(prompts),
-        "truncated_prompts": int(prompts.num_truncated),
-        "first_loss": h[0]["loss"],
-        "final_loss": h[-1]["loss"],
-        "final_kl_k3": h[-1]["kl_k3"],
-        "median_iteration_s": float(np.median([r["time_s"] for r in h])),
-    }
-    if win is not None:
-        summary["final_win_rate_vs_reference"] = win
-    return summary, trainer.model()
+
+    def summarise(history):
+        summary = {
+            "mode": "prompts",
+            "num_prompts": len(prompts),
+            "truncated_prompts": int(prompts.num_truncated),
+            "first_loss": history[0]["loss"],
+            "final_loss": history[-1]["loss"],
+            "final_kl_k3": history[-1]["kl_k3"],
+            "median_iteration_s": float(np.median([r["time_s"] for r in history])),
+        }
+        wins = [r["win_rate_vs_reference"] for r in history if "win_rate_vs_reference" in r]
+        if wins:
+            summary["final_win_rate_vs_reference"] = wins[-1]
+        return summary
+
+    return trainer, None, summarise
 
 
 __all__ = [

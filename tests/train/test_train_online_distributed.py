@@ -145,8 +145,9 @@ def test_two_process_online_run_matches_single_process(tmp_path):
     # Process 0 alone wrote the run directory, once; process 1 printed nothing.
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert sorted(p.name for p in two.iterdir()) == [
-        "config.yaml", "metrics.jsonl", "model", "summary.json", "tensorboard",
+        "checkpoints", "config.yaml", "metrics.jsonl", "model", "summary.json", "tensorboard",
     ]  # fmt: skip
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2"]
     assert len(list((two / "tensorboard").iterdir())) == 1
     assert (
         json.loads((two / "summary.json").read_text())["final_duality_gap"]

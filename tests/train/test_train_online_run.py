@@ -56,7 +56,7 @@ def test_jaxalign_train_runs_an_online_testbed_config_with_exact_metrics(tmp_pat
         (["algorithm.tau=1.0"], "step_size \\* tau"),
         (["oracle.kind=reward_model"], "oracle.path"),
         (["prompts.path=/x.jsonl"], "oracle.kind=testbed"),
-        (["run.resume=true"], "resume"),
+        (["run.resume=true", "checkpoint.enabled=false"], "checkpoint.enabled"),
         (["online.batch_sise=3"], "batch_size"),
         (["algorithm.mixture=both"], "mixture"),
     ],
@@ -73,3 +73,38 @@ def test_offline_configs_are_not_online():
         assert not online_run.is_online_config(load_yaml(CONFIGS / name))
     assert online_run.is_online_config({"algorithm": {"name": "egpo"}})
     assert Path(CONFIGS / "egpo_testbed.yaml").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["onpo", "mnpo"])
+def test_a_resumed_online_run_repeats_the_uninterrupted_one(tmp_path, algorithm):
+    """Checkpoints hold the policy and the anchors the algorithm keeps (ONPO's π'_t, MNPO's
+    past iterates) and the exact history; iteration t's randomness is fold_in(key, t)."""
+    config = CONFIGS / f"{algorithm}_testbed.yaml"
+    small = [*SMALL, "checkpoint.every_steps=2", "run.save_model=false"]
+    straight = online_run.load_online_config(
+        config, [*small, "run.iterations=4", f"run.out_dir={tmp_path / 'a'}"]
+    )
+    full = online_run.train_online(straight, quiet=True)
+    first = online_run.load_online_config(
+        config, [*small, "run.iterations=2", f"run.out_dir={tmp_path / 'b'}"]
+    )
+    online_run.train_online(first, quiet=True)
+    assert (tmp_path / "b" / "checkpoints" / "2").is_dir()
+    resumed_cfg = online_run.load_online_config(
+        config,
+        [*small, "run.iterations=4", f"run.out_dir={tmp_path / 'b'}", "run.resume=true"],
+    )
+    resumed = online_run.train_online(resumed_cfg, quiet=True)
+    assert resumed["resumed_from"] == 2 and full["resumed_from"] is None
+
+    def rows(d):
+        out = [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in out]
+
+    assert [r["iteration"] for r in rows("b")] == [1, 2, 3, 4]
+    a, b = rows("a"), rows("b")
+    for ra, rb in zip(a, b, strict=True):
+        for k in ra:
+            np.testing.assert_allclose(rb[k], ra[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    for k in ("final_duality_gap", "final_average_iterate_gap", "tabular_final_duality_gap"):
+        np.testing.assert_allclose(resumed[k], full[k], rtol=1e-6)
