@@ -6,10 +6,12 @@
   sharded placement straight from the files when a mesh is given.
 * :func:`sequence_logprobs` — response log-probs, the input of every preference loss.
 * :func:`generate` — KV-cache sampling in one jitted ``while_loop``.
+* :func:`best_of_n_generate` — best-of-N sampling with a reward model (exact BoN law).
 * :class:`RewardModel`, :class:`PreferenceModel` — preference oracles on the same trunk.
 * sharding helpers (:data:`DEFAULT_RULES`, :func:`state_shardings`, ...) and tokenisers.
 """
 
+from jaxalign.models.best_of_n import BestOfN, best_of_n_generate
 from jaxalign.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from jaxalign.models.heads import (
     PreferenceModel,
@@ -52,6 +54,7 @@ from jaxalign.models.transformer import (
 __all__ = [
     "DEFAULT_RULES",
     "SUPPORTED_MODEL_TYPES",
+    "BestOfN",
     "CausalLM",
     "Generation",
     "KVCache",
@@ -61,6 +64,7 @@ __all__ = [
     "SequenceLogProbs",
     "Transformer",
     "axis_rules",
+    "best_of_n_generate",
     "bradley_terry_probability",
     "build_tiny_tokenizer",
     "causal_padding_mask",

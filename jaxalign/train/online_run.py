@@ -40,7 +40,7 @@ import numpy as np
 from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from jaxalign.models import CausalLM, ModelConfig, axis_rules, from_pretrained, save_pretrained
 from jaxalign.parallel import DEFAULT_RULES, DistributedConfig, MeshConfig, initialize_distributed
-from jaxalign.train.config import CheckpointConfig, InitConfig, ShardingConfig
+from jaxalign.train.config import CheckpointConfig, InitConfig, ShardingConfig, _bad
 from jaxalign.train.online import (
     ALGORITHMS,
     LoopState,
@@ -51,10 +51,6 @@ from jaxalign.train.online import (
     testbed_trainer,
 )
 from jaxalign.train.online import tabular_baseline as _tabular_baseline
-
-
-def _bad(key: str, value: Any, expected: str):
-    raise ValueError(f"{key}={value!r} is invalid; expected {expected}")
 
 
 @dataclasses.dataclass(frozen=True)
