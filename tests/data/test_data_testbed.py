@@ -5,22 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import tiny_model_config
 
 from jaxalign import games
 from jaxalign.data import testbed as tb
-from jaxalign.models import CausalLM, ModelConfig, generate
+from jaxalign.models import CausalLM, generate
 
 TB = tb.Testbed(alphabet_size=3, response_length=3)
-CONFIG = ModelConfig(
-    vocab_size=3,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.5,
-)
+CONFIG = tiny_model_config(num_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_model_config
 
 from jaxalign.data import testbed as tb
 from jaxalign.kl import best_of_n_policy
 from jaxalign.models import (
     CausalLM,
-    ModelConfig,
     RewardModel,
     best_of_n_generate,
     generate,
@@ -25,16 +25,7 @@ from jaxalign.models import best_of_n as bon_module
 score = nnx.jit(rewards)  # compiled reference scoring (eager forward passes are slow)
 
 TB = tb.Testbed(alphabet_size=3, response_length=2)  # 9 responses after the prompt [0]
-TINY = ModelConfig(
-    vocab_size=3,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.5,
-)
+TINY = tiny_model_config(3)
 DRAWS = 20_000
 
 
@@ -128,16 +119,7 @@ def test_n_equal_one_is_plain_generate_for_the_same_key(policy):
     np.testing.assert_array_equal(best.generation.tokens, plain.tokens)
 
 
-RM_CONFIG = ModelConfig(
-    vocab_size=8,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.3,
-)
+RM_CONFIG = tiny_model_config(8, initializer_range=0.3)
 EOS, PAD, N, NEW = 4, 0, 4, 5
 
 

@@ -9,26 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_model_config
 
 from jaxalign.models import (
     CausalLM,
-    ModelConfig,
     PreferenceModel,
     RewardModel,
     preference_model_from_pretrained,
     save_pretrained,
 )
 
-CONFIG = ModelConfig(
-    vocab_size=16,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.5,
-)
+CONFIG = tiny_model_config(16)
 logit = nnx.jit(lambda m, x, y: m.logit(x, y))
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 from hf_reference import make_hf_model, padded_batch
+from tiny_models import tiny_model_config
 
 from jaxalign.models import (
-    ModelConfig,
     PreferenceModel,
     RewardModel,
     preference_logit,
@@ -62,16 +62,7 @@ def test_reward_head_on_a_language_model_checkpoint_needs_a_key(hf_checkpoints):
 
 
 def test_preference_model_is_antisymmetric_and_probabilities_sum_to_one():
-    config = ModelConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        initializer_range=0.5,
-    )
+    config = tiny_model_config(64)
     model = PreferenceModel.create(config, key=jax.random.key(0), rank=2)
     rng = np.random.default_rng(0)
     a, b = rng.integers(1, 64, (2, 4, 7)).astype(np.int32)

@@ -15,20 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from scipy import stats
+from tiny_models import tiny_model_config
 
 from jaxalign.losses import sequence_level_mixture, token_level_mixture
 from jaxalign.models import CausalLM, Generation, ModelConfig, generate, sequence_logprobs
 
-CONFIG = ModelConfig(
-    vocab_size=3,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.5,
-)
+CONFIG = tiny_model_config()
 L = 3
 ALPHA = 0.5
 B = 256  # one batch size for most calls: generate compiles once per shape and settings
@@ -68,6 +60,19 @@ def _mixture_token_logp(
     )
 
 
+def _mixture_samples(policy, reference, n, *, key):
+    """n responses of length L drawn from the token-level mixture with weight ALPHA."""
+    return generate(
+        policy,
+        _prompts(n),
+        key=key,
+        max_new_tokens=L,
+        eos_token_id=(),
+        mixture_model=reference,
+        mixture_weight=ALPHA,
+    )
+
+
 def _exact_distributions(policy, reference, alpha=ALPHA):
     """All responses and their probabilities under token mixture, sequence mixture, policy."""
     ys = np.array(list(itertools.product(range(CONFIG.vocab_size), repeat=L)), np.int32)
@@ -83,15 +88,7 @@ def _exact_distributions(policy, reference, alpha=ALPHA):
 
 def test_sampling_logprobs_are_the_exact_token_mixture_and_other_fields_per_model(models):
     policy, reference = models
-    out = generate(
-        policy,
-        _prompts(B),
-        key=jax.random.key(0),
-        max_new_tokens=L,
-        eos_token_id=(),
-        mixture_model=reference,
-        mixture_weight=ALPHA,
-    )
+    out = _mixture_samples(policy, reference, B, key=jax.random.key(0))
     assert np.asarray(out.response_mask).all()
     expected = _mixture_token_logp(policy, reference, out.sequences)[0]
     np.testing.assert_allclose(
@@ -148,15 +145,7 @@ def test_padded_prompts_and_eos_mask_every_field(models):
 def test_samples_follow_the_token_mixture_not_the_sequence_mixture_nor_the_policy(models):
     policy, reference = models
     n = 20_000
-    out = generate(
-        policy,
-        _prompts(n),
-        key=jax.random.key(2),
-        max_new_tokens=L,
-        eos_token_id=(),
-        mixture_model=reference,
-        mixture_weight=ALPHA,
-    )
+    out = _mixture_samples(policy, reference, n, key=jax.random.key(2))
     ys, token_mix, seq_mix, pol = _exact_distributions(policy, reference)
     index = np.asarray(out.tokens) @ (CONFIG.vocab_size ** np.arange(L - 1, -1, -1))
     empirical = np.bincount(index, minlength=len(ys)) / n
@@ -259,15 +248,7 @@ def test_bad_mixture_arguments_are_rejected(models):
     with pytest.raises(ValueError, match="needs a mixture_model"):
         generate(policy, prompts, mixture_weight=0.3, **kw)
     other = CausalLM.create(
-        ModelConfig(
-            vocab_size=4,
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=1,
-            num_heads=2,
-            num_kv_heads=1,
-            head_dim=16,
-        ),
+        tiny_model_config(4, initializer_range=ModelConfig.initializer_range),
         key=jax.random.key(0),
     )
     with pytest.raises(ValueError, match="vocab_size"):

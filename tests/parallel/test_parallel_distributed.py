@@ -1,14 +1,11 @@
 """initialize_distributed: settings resolution, and a real 2-process run on localhost."""
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import two_process
 
 from jaxalign.data import PreferenceLoader
 from jaxalign.parallel import (
@@ -60,47 +57,11 @@ def test_bad_settings_are_clear_errors(kwargs, env, message):
         initialize_distributed(**kwargs, env=env)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_build_one_global_batch_and_agree_with_one_process():
+def test_two_processes_build_one_global_batch_and_agree_with_one_process(tmp_path):
     global_batch, steps = 8, 4
-    port = _free_port()
-    root = Path(__file__).resolve().parents[2]
-    procs = []
-    for pid in range(2):
-        env = {
-            **os.environ,
-            "JAXALIGN_COORDINATOR": f"localhost:{port}",
-            "JAXALIGN_NUM_PROCESSES": "2",
-            "JAXALIGN_PROCESS_ID": str(pid),
-            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-        }
-        env.pop("XLA_FLAGS", None)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(global_batch), str(steps)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=120)
-            assert p.returncode == 0, f"worker failed:\n{err[-4000:]}"
-            line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-            outputs.append(json.loads(line.removeprefix("RESULT ")))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    with two_process.launch(WORKER, [global_batch, steps], tmp_path) as procs:
+        outputs = procs.wait(timeout_s=120)
 
     assert [o["process"] for o in outputs] == [0, 1]
     assert all(o["process_count"] == 2 and o["devices"] == 8 for o in outputs)

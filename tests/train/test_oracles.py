@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import tiny_model_config
 
 from jaxalign.data import testbed as tb
 from jaxalign.games import annotator_mixture_game
@@ -33,18 +34,8 @@ TESTBED = tb.Testbed(alphabet_size=3, response_length=3, prompt=(0,))
 KEY = jax.random.key(0)
 
 
-def _config(**changes) -> ModelConfig:
-    base = dict(
-        vocab_size=3,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        head_dim=16,
-        initializer_range=0.5,
-    )
-    return ModelConfig(**{**base, **changes})
+def _config() -> ModelConfig:
+    return tiny_model_config(num_kv_heads=2)
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,15 @@
 """Two jax.distributed processes on localhost train like one process with 8 devices."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import two_process
 import yaml
 
 from jaxalign.train import Checkpointer, config_to_dict, read_jsonl, train
 
 WORKER = Path(__file__).with_name("two_process_train_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -30,38 +19,9 @@ def test_two_process_run_matches_single_process(tmp_path, make_config):
     cfg = make_config(tmp_path / "two", *common)
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = {
-            **os.environ,
-            "JAXALIGN_COORDINATOR": f"localhost:{port}",
-            "JAXALIGN_NUM_PROCESSES": "2",
-            "JAXALIGN_PROCESS_ID": str(pid),
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        }
-        env.pop("XLA_FLAGS", None)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(path)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    try:
+    with two_process.launch(WORKER, [path], tmp_path) as procs:
         single = train(make_config(tmp_path / "one", *common), quiet=True)
-        outputs = []
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0, f"worker failed:\n{err[-4000:]}"
-            line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-            outputs.append(json.loads(line.removeprefix("RESULT ")))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        outputs = procs.wait(timeout_s=300)
     assert [o["process"] for o in outputs] == [0, 1]
     assert all(o["devices"] == 8 and o["step"] == 4 for o in outputs)
     assert outputs[0]["losses"] == outputs[1]["losses"]

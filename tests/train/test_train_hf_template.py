@@ -6,24 +6,17 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_hf_model_config
 
 from jaxalign.data import make_tiny_preference_dataset
 from jaxalign.experiment import repo_root
-from jaxalign.models import CausalLM, ModelConfig, build_tiny_tokenizer, save_pretrained
+from jaxalign.models import CausalLM, build_tiny_tokenizer, save_pretrained
 from jaxalign.train import load_train_config, train
 
 
 @pytest.mark.parametrize("template", ["dpo_hf.yaml", "ipo_hf.yaml", "robust_dpo_hf.yaml"])
 def test_hf_template_trains_a_saved_checkpoint_on_jsonl_data(tmp_path, template):
-    config = ModelConfig(
-        vocab_size=384,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        head_dim=16,
-    )
+    config = tiny_hf_model_config()
     save_pretrained(CausalLM(config, rngs=nnx.Rngs(params=jax.random.key(0))), tmp_path / "hf")
     build_tiny_tokenizer(tmp_path / "hf")
     make_tiny_preference_dataset(tmp_path / "prefs.jsonl", num_rows=64, seed=0)

@@ -7,23 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import tiny_model_config
 
 from jaxalign import games
 from jaxalign.data import testbed as tb
-from jaxalign.models import CausalLM, ModelConfig
+from jaxalign.models import CausalLM
 from jaxalign.train import online as ol
 
 TB = tb.Testbed(alphabet_size=3, response_length=2)
-MODEL_CONFIG = ModelConfig(
-    vocab_size=3,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    initializer_range=0.5,
-)
+MODEL_CONFIG = tiny_model_config(3)
 HPARAMS = dict(num_iterations=10, batch_size=256, inner_steps=30, learning_rate=0.03, step_size=2.0)
 
 

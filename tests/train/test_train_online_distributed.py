@@ -10,15 +10,11 @@ the two processes is the single-process one.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import two_process
 
 from jaxalign import games
 from jaxalign.data import testbed as tb
@@ -38,66 +34,11 @@ OVERRIDES = [
     "run.save_model=true",
 ]
 TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _launch(tmp_path: Path, out: Path) -> list[tuple[subprocess.Popen, Path, Path]]:
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = {
-            **os.environ,
-            "JAXALIGN_COORDINATOR": f"localhost:{port}",
-            "JAXALIGN_NUM_PROCESSES": "2",
-            "JAXALIGN_PROCESS_ID": str(pid),
-            "PYTHONPATH": os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]),
-            # Share compilations with earlier runs (tests/train/conftest.py sets the cache dir).
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-        }
-        env.pop("XLA_FLAGS", None)
-        stdout, stderr = tmp_path / f"p{pid}.out", tmp_path / f"p{pid}.err"
-        with stdout.open("w") as fo, stderr.open("w") as fe:
-            cmd = [sys.executable, str(WORKER), str(CONFIG), "--out", str(out), *OVERRIDES]
-            procs.append((subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe), stdout, stderr))
-    return procs
-
-
-def _report(procs) -> str:
-    parts = []
-    for pid, (p, stdout, stderr) in enumerate(procs):
-        parts.append(
-            f"--- process {pid} (exit code {p.returncode}) stdout:\n{stdout.read_text()[-2000:]}"
-            f"\n--- process {pid} stderr:\n{stderr.read_text()[-6000:]}"
-        )
-    return "\n".join(parts)
-
-
-def _wait(procs, deadline: float) -> None:
-    """Waits for both processes; once one fails (or time runs out) the other is killed,
-    since it would wait forever on a collective."""
-    while True:
-        codes = [p.poll() for p, _, _ in procs]
-        if all(c == 0 for c in codes):
-            return
-        if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-            for p, _, _ in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            why = "timed out" if all(c in (None, 0) for c in codes) else "a process failed"
-            pytest.fail(f"two-process online run: {why}\n{_report(procs)}")
-        time.sleep(0.2)
-
-
-def _result(stdout: Path) -> dict:
-    line = next(x for x in stdout.read_text().splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+# Share compilations with earlier runs (tests/train/conftest.py sets the cache dir).
+CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -107,20 +48,14 @@ def _rows(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_process_online_run_matches_single_process(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    procs = _launch(tmp_path, two)
-    try:
+    args = [CONFIG, "--out", two, *OVERRIDES]
+    with two_process.launch(WORKER, args, tmp_path, env=CACHE_ENV) as procs:
         # The reference meanwhile, in this process: the same mesh on 4 of its 8 devices.
         cfg = online_run.load_online_config(CONFIG, [*OVERRIDES, f"run.out_dir={one}"])
         single = online_run.train_online(cfg, quiet=True)
-        _wait(procs, time.monotonic() + TIMEOUT_S)
-    finally:
-        for p, _, _ in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    results = [_result(stdout) for _, stdout, _ in procs]
+        results = procs.wait(timeout_s=TIMEOUT_S)
     for pid, r in enumerate(results):
-        assert r["rc"] == 0, _report(procs)
+        assert r["rc"] == 0, procs.report()
         assert (r["process"], r["processes"], r["devices"], r["local_devices"]) == (pid, 2, 4, 2)
 
     # Every logged metric of every iteration equals the single-process run's.
@@ -153,7 +88,7 @@ def test_two_process_online_run_matches_single_process(tmp_path):
         json.loads((two / "summary.json").read_text())["final_duality_gap"]
         == s0["final_duality_gap"]
     )
-    out0, out1 = (stdout.read_text() for _, stdout, _ in procs)
+    out0, out1 = procs.stdout(0), procs.stdout(1)
     assert "jaxalign: online inpo" in out0 and "jaxalign: online" not in out1
 
     # The policy saved from two processes is the single-process policy, and reloaded it has

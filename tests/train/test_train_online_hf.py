@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_hf_model_config
 
 from jaxalign.data import make_tiny_preference_dataset
 from jaxalign.experiment import repo_root
 from jaxalign.models import (
     CausalLM,
-    ModelConfig,
     PreferenceModel,
     RewardModel,
     build_tiny_tokenizer,
@@ -22,15 +22,7 @@ from jaxalign.models import (
 )
 from jaxalign.train import ONLINE_ALGORITHMS, load_online_config, train_online
 
-CONFIG = ModelConfig(
-    vocab_size=384,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=2,
-    head_dim=16,
-)
+CONFIG = tiny_hf_model_config()
 
 
 @pytest.fixture(scope="module")
