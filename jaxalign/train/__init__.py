@@ -16,6 +16,8 @@ and online (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO).
   (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO) of a causal LM with a preference oracle
   (:mod:`jaxalign.train.oracles`), on real prompts or scored exactly on the enumerable
   testbed; :func:`tabular_baseline` runs the matching :mod:`jaxalign.games` solver.
+* :class:`PolicyGradientTrainer` — KL-regularised policy gradient (RLOO / GRPO baselines,
+  k1/k2/k3 KL) against a reward model, scored exactly against π_ref e^{r/β} on the testbed.
 """
 
 from jaxalign.train.checkpoint import Checkpointer, CheckpointError
@@ -55,6 +57,7 @@ from jaxalign.train.online import (
     OnlineHistory,
     OnlineResult,
     OnlineTrainer,
+    PolicySampler,
     PromptSource,
     TestbedTask,
     average_policy_gaps,
@@ -80,6 +83,13 @@ from jaxalign.train.oracles import (
     testbed_oracle,
     testbed_responses,
 )
+from jaxalign.train.policy_gradient import (
+    KLScorer,
+    PolicyGradientConfig,
+    PolicyGradientTrainer,
+    reward_model_fn,
+    testbed_pg_trainer,
+)
 from jaxalign.train.state import (
     Shardings,
     TrainState,
@@ -100,6 +110,7 @@ __all__ = [
     "DebugConfig",
     "FixedPrompt",
     "InitConfig",
+    "KLScorer",
     "LoggingConfig",
     "MultiObjectiveMetrics",
     "NonFiniteError",
@@ -110,6 +121,9 @@ __all__ = [
     "OnlineTrainer",
     "OptimizerConfig",
     "Oracle",
+    "PolicyGradientConfig",
+    "PolicyGradientTrainer",
+    "PolicySampler",
     "PreferenceBatches",
     "PromptSource",
     "Responses",
@@ -143,11 +157,13 @@ __all__ = [
     "preference_train_step",
     "read_jsonl",
     "responses_from_generation",
+    "reward_model_fn",
     "reward_model_oracle",
     "save_run_summary",
     "tabular_baseline",
     "tabular_solver",
     "testbed_oracle",
+    "testbed_pg_trainer",
     "testbed_responses",
     "train",
     "train_config_from_dict",

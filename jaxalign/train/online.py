@@ -297,71 +297,49 @@ def _iteration_metrics(loss, w, logp, ref_logp, response_mask) -> dict[str, jax.
     }
 
 
-class OnlineTrainer:
-    """The online loop, one outer iteration per :meth:`iteration` call.
+class PolicySampler:
+    """What every online trainer shares: the policy's (and the frozen reference's) parameters
+    placed on the mesh, prompt draws as global arrays, the KV-cache sampler and sequence
+    log-probabilities.
 
     Args:
       model: the initial policy π_0, a :class:`~jaxalign.models.CausalLM` (not modified).
-      config: :class:`OnlineConfig`.
       prompts: a :class:`PromptSource` (e.g. :class:`FixedPrompt`, or
         :class:`jaxalign.data.PromptDataset` for real prompts).
-      oracle: ``oracle(key, a, b) -> [B]`` (:mod:`jaxalign.train.oracles`).
       reference: π_ref (default: ``model``, i.e. π_ref = π_0).
       eos_token_id, pad_token_id: the sampler's (default: the model config's; ``()`` for
         fixed-length responses).
-      mesh, rules: shard parameters by the model's logical axes and prompts/pairs along
+      mesh, rules: shard parameters by the model's logical axes and prompts/samples along
         ``batch`` on ``mesh`` (default: no mesh, one device).
-      sequence_sampler: ``sampler(key, log_weights_fn, n) -> responses``, an exact
-        sampler of a sequence-level distribution (the testbed's); needed by Nash-MD with
-        ``mixture="sequence"``.
     """
 
     def __init__(
         self,
         model,
-        config: OnlineConfig,
         *,
         prompts: PromptSource,
-        oracle: Oracle,
         reference=None,
         eos_token_id: int | tuple[int, ...] | None = None,
         pad_token_id: int | None = None,
         mesh: jax.sharding.Mesh | None = None,
         rules=None,
-        sequence_sampler: Callable[..., Responses] | None = None,
     ):
-        if config.algorithm == "nash_md" and config.mixture == "sequence" and not sequence_sampler:
-            raise ValueError(
-                "nash_md with mixture='sequence' needs an exact sequence sampler (an enumerable "
-                "response space such as the testbed); use mixture='token' on real prompts"
-            )
         if reference is not None and reference.config.vocab_size != model.config.vocab_size:
             raise ValueError(
                 f"reference vocab_size={reference.config.vocab_size} must equal the policy's "
                 f"{model.config.vocab_size}"
             )
-        self.config, self.prompts, self.oracle = config, prompts, oracle
+        self.prompts = prompts
         self.mesh, self.rules = mesh, rules
         self.eos, self.pad = eos_token_id, pad_token_id
-        self.sequence_sampler = sequence_sampler
         self.graphdef, params = nnx.split(model)
         ref = params if reference is None else nnx.split(reference)[1]
         if mesh is not None:
             with self._context():
                 params = jax.device_put(params, state_shardings(params, mesh, rules))
                 ref = jax.device_put(ref, state_shardings(ref, mesh, rules))
-        self.ref_params = ref
-        self.state = LoopState(
-            0,
-            params,
-            params if config.algorithm == "onpo" else None,
-            (params,) * (config.num_players - 1) if config.algorithm == "mnpo" else (),
-        )
-        self.opt = optax.adam(config.learning_rate, eps=config.adam_eps)
+        self.initial_params, self.ref_params = params, ref
         self._logp = jax.jit(self._logp_impl)
-        self._fits: dict[str, Callable] = {}
-
-    # -- pieces ---------------------------------------------------------------------------
 
     def _context(self):
         if self.mesh is None:
@@ -394,12 +372,25 @@ class OnlineTrainer:
         sharding = batch_sharding(self.mesh, self.rules or _default_rules(), ndim=x.ndim)
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
-    def draw_prompts(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-        tokens, mask = self.prompts.sample(key, n)
-        return self._place(np.asarray(tokens, np.int32)), self._place(np.asarray(mask, np.int32))
+    def draw_prompts(
+        self, key: jax.Array, n: int, *, repeat: int = 1
+    ) -> tuple[jax.Array, jax.Array]:
+        """``n`` prompts (each repeated ``repeat`` times in a row) as global arrays."""
+        tokens, mask = (np.asarray(v, np.int32) for v in self.prompts.sample(key, n))
+        if repeat > 1:
+            tokens, mask = np.repeat(tokens, repeat, axis=0), np.repeat(mask, repeat, axis=0)
+        return self._place(tokens), self._place(mask)
 
     def sample(
-        self, params, key: jax.Array, prompts: tuple[jax.Array, jax.Array], *, mixture=None
+        self,
+        params,
+        key: jax.Array,
+        prompts: tuple[jax.Array, jax.Array],
+        *,
+        mixture=None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
     ) -> Responses:
         """One response per prompt from ``params`` (or from the token-level mixture with the
         reference, ``mixture`` = its weight)."""
@@ -413,9 +404,9 @@ class OnlineTrainer:
             nnx.merge(self.graphdef, params),
             tokens,
             key=key,
-            max_new_tokens=self.config.max_new_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
             eos_token_id=self.eos,
             pad_token_id=self.pad,
             prompt_mask=mask,
@@ -426,6 +417,88 @@ class OnlineTrainer:
             gen.attention_mask.astype(jnp.int32),
             gen.sequence_response_mask.astype(jnp.int32),
             tokens.shape[1],
+        )
+
+
+class OnlineTrainer(PolicySampler):
+    """The online Nash loop, one outer iteration per :meth:`iteration` call.
+
+    Args:
+      model: the initial policy π_0, a :class:`~jaxalign.models.CausalLM` (not modified).
+      config: :class:`OnlineConfig`.
+      prompts: a :class:`PromptSource`.
+      oracle: ``oracle(key, a, b) -> [B]`` (:mod:`jaxalign.train.oracles`).
+      reference, eos_token_id, pad_token_id, mesh, rules: see :class:`PolicySampler`.
+      sequence_sampler: ``sampler(key, params, ref_params, mix, prompts) -> responses``, an
+        exact sampler of the sequence-level mixture (the testbed's); needed by Nash-MD with
+        ``mixture="sequence"``.
+    """
+
+    def __init__(
+        self,
+        model,
+        config: OnlineConfig,
+        *,
+        prompts: PromptSource,
+        oracle: Oracle,
+        reference=None,
+        eos_token_id: int | tuple[int, ...] | None = None,
+        pad_token_id: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        rules=None,
+        sequence_sampler: Callable[..., Responses] | None = None,
+    ):
+        if config.algorithm == "nash_md" and config.mixture == "sequence" and not sequence_sampler:
+            raise ValueError(
+                "nash_md with mixture='sequence' needs an exact sequence sampler (an enumerable "
+                "response space such as the testbed); use mixture='token' on real prompts"
+            )
+        super().__init__(
+            model,
+            prompts=prompts,
+            reference=reference,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            mesh=mesh,
+            rules=rules,
+        )
+        self.config, self.oracle = config, oracle
+        self.sequence_sampler = sequence_sampler
+        params = self.initial_params
+        self.state = LoopState(
+            0,
+            params,
+            params if config.algorithm == "onpo" else None,
+            (params,) * (config.num_players - 1) if config.algorithm == "mnpo" else (),
+        )
+        self.opt = optax.adam(config.learning_rate, eps=config.adam_eps)
+        self._fits: dict[str, Callable] = {}
+
+    def sample(self, params, key, prompts, *, mixture=None) -> Responses:
+        c = self.config
+        return super().sample(
+            params,
+            key,
+            prompts,
+            mixture=mixture,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_new_tokens=c.max_new_tokens,
+        )
+
+    def state_tree(self) -> dict[str, Any]:
+        """The arrays a checkpoint stores: π_t and the anchors the algorithm keeps."""
+        st = self.state
+        tree: dict[str, Any] = {"params": st.params}
+        if st.prime is not None:
+            tree["prime"] = st.prime
+        if st.opponents:
+            tree["opponents"] = list(st.opponents)
+        return tree
+
+    def load_state_tree(self, iteration: int, tree: dict[str, Any]) -> None:
+        self.state = LoopState(
+            iteration, tree["params"], tree.get("prime"), tuple(tree.get("opponents", ()))
         )
 
     def _fit(self, kind: str) -> Callable:
@@ -801,6 +874,7 @@ __all__ = [
     "OnlineResult",
     "OnlineTrainer",
     "Oracle",
+    "PolicySampler",
     "PromptSource",
     "Responses",
     "TestbedScorer",

@@ -43,7 +43,6 @@ from jaxalign.parallel import DEFAULT_RULES, DistributedConfig, MeshConfig, init
 from jaxalign.train.config import CheckpointConfig, InitConfig, ShardingConfig, _bad
 from jaxalign.train.online import (
     ALGORITHMS,
-    LoopState,
     OnlineConfig,
     OnlineTrainer,
     TestbedScorer,
@@ -51,18 +50,31 @@ from jaxalign.train.online import (
     testbed_trainer,
 )
 from jaxalign.train.online import tabular_baseline as _tabular_baseline
+from jaxalign.train.policy_gradient import (
+    PolicyGradientConfig,
+    PolicyGradientTrainer,
+    reward_model_fn,
+    testbed_pg_trainer,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class OnlineAlgorithmConfig:
     """The online algorithm and its update (see :class:`jaxalign.train.OnlineConfig`)."""
 
-    name: Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md"] = "inpo"
+    name: Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "kl_pg"] = "inpo"
     step_size: float = 1.0  # s: the update multiplies payoffs, π ∝ … e^{s·Pπ}
     tau: float = 0.0  # KL weight to π_ref (s·τ ≤ 1; online IPO: > 0; ONPO: unused)
     num_players: int = 3  # MNPO: the last num_players − 1 iterates are the opponents
     opponent_weights: tuple[float, ...] | None = None  # MNPO λ, newest first; null = uniform
     mixture: Literal["token", "sequence"] = "token"  # Nash-MD opponent sampler
+    # kl_pg (KL-regularised policy gradient against a reward; one AdamW step per iteration):
+    beta: float = 0.1  # KL coefficient: maximise E r − β KL(π‖π_ref)
+    group_size: int = 4  # responses per prompt (batch_size prompts per iteration)
+    baseline: Literal["none", "leave_one_out", "group_mean"] = "leave_one_out"
+    estimator: Literal["k1", "k2", "k3"] = "k2"  # KL estimator of the loss term
+    kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term or a reward penalty
+    normalise: bool = False  # divide group-mean advantages by the group std (GRPO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +213,11 @@ class OnlineTrainConfig:
                 "oracle.kind=testbed labels testbed responses only: set prompts.path to '' "
                 "(and prompts.tiny=false), or choose reward_model / preference_model / mixture"
             )
+        if self.algorithm.name == "kl_pg" and self.oracle.kind not in ("testbed", "reward_model"):
+            raise ValueError(
+                f"kl_pg needs a reward: oracle.kind=testbed (the testbed's additive reward) or "
+                f"reward_model, got {self.oracle.kind!r}"
+            )
         if self.oracle.kind in ("reward_model", "preference_model") and not self.oracle.path:
             _bad("oracle.path", "", f"a local {self.oracle.kind} directory")
         if self.oracle.kind == "mixture":
@@ -210,7 +227,8 @@ class OnlineTrainConfig:
                     "oracle.kind=mixture needs oracle.kinds and oracle.paths, one entry per "
                     f"annotator, got kinds={o.kinds} paths={o.paths}"
                 )
-        self.online_config()  # validates the algorithm's hyperparameters
+        # validates the algorithm's hyperparameters
+        self.pg_config() if self.algorithm.name == "kl_pg" else self.online_config()
 
     @property
     def testbed_mode(self) -> bool:
@@ -235,11 +253,31 @@ class OnlineTrainConfig:
             adam_eps=o.adam_eps,
         )
 
+    def pg_config(self) -> PolicyGradientConfig:
+        a, o = self.algorithm, self.online
+        return PolicyGradientConfig(
+            num_iterations=self.run.iterations,
+            batch_size=o.batch_size,
+            group_size=a.group_size,
+            learning_rate=o.learning_rate,
+            beta=a.beta,
+            baseline=a.baseline,
+            estimator=a.estimator,
+            kl_mode=a.kl_mode,
+            normalise=a.normalise,
+            max_new_tokens=o.max_new_tokens,
+            adam_eps=o.adam_eps,
+        )
+
+
+ONLINE_RUN_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "kl_pg")
+
 
 def is_online_config(data: dict[str, Any]) -> bool:
-    """Whether a config mapping describes an online run (``algorithm.name`` is online)."""
+    """Whether a config mapping describes an online run (``algorithm.name`` is an online
+    Nash algorithm or ``kl_pg``)."""
     name = (data.get("algorithm") or {}).get("name")
-    return name in ALGORITHMS
+    return name in ONLINE_RUN_ALGORITHMS
 
 
 def online_config_from_dict(data: dict[str, Any]) -> OnlineTrainConfig:
@@ -338,10 +376,16 @@ def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str,
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     mesh = _make_mesh(config)
     rules = DEFAULT_RULES.replace(dict(config.sharding.rules)).as_pairs()
-    oc = config.online_config()
+    name = config.algorithm.name
+    oc = config.pg_config() if name == "kl_pg" else config.online_config()
     key_model, key_train = jax.random.split(jax.random.key(config.run.seed))
     t0 = time.perf_counter()
-    build = _testbed_run if config.testbed_mode else _prompts_run
+    build = {
+        (True, False): _testbed_run,
+        (False, False): _prompts_run,
+        (True, True): _pg_testbed_run,
+        (False, True): _pg_prompts_run,
+    }[config.testbed_mode, name == "kl_pg"]
     trainer, scorer, summarise = build(config, oc, mesh, rules, key_model, out)
 
     checkpointer = None
@@ -358,7 +402,9 @@ def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str,
             metrics = trainer.iteration(jax.random.fold_in(key_train, t))
             if scorer is not None:
                 metrics.update(scorer.score(trainer.state.params))
-            elif (t + 1) % config.logging.eval_every == 0 or t + 1 == oc.num_iterations:
+            elif isinstance(trainer, OnlineTrainer) and (
+                (t + 1) % config.logging.eval_every == 0 or t + 1 == oc.num_iterations
+            ):
                 metrics["win_rate_vs_reference"] = trainer.win_rate_vs_reference(
                     jax.random.fold_in(jax.random.fold_in(key_train, 2**31 - 1), t),
                     config.logging.eval_prompts,
@@ -369,14 +415,14 @@ def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str,
                 meta = {"step": t + 1, "config": to_dict(config)}
                 if scorer is not None:
                     meta["testbed"] = scorer.state_dict()
-                checkpointer.save(t + 1, _loop_tree(trainer.state), meta, force=done)
+                checkpointer.save(t + 1, trainer.state_tree(), meta, force=done)
     finally:
         logger.close()
         if checkpointer is not None:
             checkpointer.close()
     summary = summarise(logger.history) if logger.history else {}
     summary.update(
-        algorithm=oc.algorithm,
+        algorithm=name,
         iterations=oc.num_iterations,
         resumed_from=start or None,
         runtime_s=time.perf_counter() - t0,
@@ -388,36 +434,21 @@ def train_online(config: OnlineTrainConfig, *, quiet: bool = False) -> dict[str,
         summary["model_dir"] = str(out / "model")
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    say(f"jaxalign: online {oc.algorithm}: {json.dumps(_headline(summary))}")
+    say(f"jaxalign: online {name}: {json.dumps(_headline(summary))}")
     return summary
 
 
-def _loop_tree(state: LoopState) -> dict[str, Any]:
-    """The arrays of a loop state that a checkpoint stores (None entries dropped)."""
-    tree: dict[str, Any] = {"params": state.params}
-    if state.prime is not None:
-        tree["prime"] = state.prime
-    if state.opponents:
-        tree["opponents"] = list(state.opponents)
-    return tree
-
-
-def _restore(checkpointer, trainer: OnlineTrainer, scorer, say) -> int:
+def _restore(checkpointer, trainer, scorer, say) -> int:
     def abstract(x):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
-    target = jax.tree.map(abstract, _loop_tree(trainer.state))
+    target = jax.tree.map(abstract, trainer.state_tree())
     restored = checkpointer.restore_latest(target)
     if restored is None:
         say(f"jaxalign: no checkpoint in {checkpointer.directory}; starting from iteration 0")
         return 0
     step, tree, meta = restored
-    trainer.state = LoopState(
-        step,
-        tree["params"],
-        tree.get("prime"),
-        tuple(tree.get("opponents", ())),
-    )
+    trainer.load_state_tree(step, tree)
     if scorer is not None:
         scorer.load_state_dict(meta["testbed"])
     say(f"jaxalign: resumed from checkpoint iteration {step}")
@@ -427,7 +458,9 @@ def _restore(checkpointer, trainer: OnlineTrainer, scorer, say) -> int:
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("initial_duality_gap", "final_duality_gap", "final_regularised_gap",
             "final_average_iterate_gap", "tabular_final_duality_gap",
-            "tabular_final_average_gap", "final_loss", "final_win_rate_vs_reference")  # fmt: skip
+            "tabular_final_average_gap", "initial_objective_gap", "final_objective_gap",
+            "final_exact_reward", "optimal_reward", "final_loss", "final_reward_mean",
+            "final_win_rate_vs_reference")  # fmt: skip
     return {k: round(summary[k], 4) for k in keys if k in summary}
 
 
@@ -467,6 +500,85 @@ def _testbed_run(config, oc, mesh, rules, key_model, out):
     return trainer, scorer, summarise
 
 
+def _testbed_reward(cfg: TestbedConfig, testbed):
+    """The additive reward r(y) = Σ_i R[i, y_i] of the testbed (R ~ N(0, reward_scale²),
+    seeded by ``testbed.seed``; the Bradley–Terry preference's reward)."""
+    from jaxalign.data import testbed as tb
+
+    shape = (cfg.num_annotators, testbed.response_length, testbed.alphabet_size)
+    rewards = jax.random.normal(jax.random.key(cfg.seed), shape) * cfg.reward_scale
+    return tb.additive_reward(testbed, rewards[0])
+
+
+def _pg_testbed_run(config, pc, mesh, rules, key_model, out):
+    from jaxalign.data import testbed as tb
+
+    del out
+    testbed = tb.Testbed(
+        alphabet_size=config.testbed.alphabet_size,
+        response_length=config.testbed.response_length,
+    )
+    reward = _testbed_reward(config.testbed, testbed)
+    model = CausalLM.create(config.model, key=key_model)
+    trainer, scorer = testbed_pg_trainer(model, testbed, reward, pc, mesh=mesh, rules=rules)
+    initial = scorer._scores(scorer.log_ref)
+
+    def summarise(history):
+        last = scorer.records[-1]
+        out = {
+            "mode": "testbed",
+            "num_responses": testbed.num_responses,
+            "final_exact_reward": last["exact_reward"],
+            "final_kl_to_reference": last["kl_to_reference"],
+            "final_loss": history[-1]["loss"],
+            "final_reward_mean": history[-1]["reward_mean"],
+            "initial_exact_reward": initial["exact_reward"],
+        }
+        if pc.beta > 0:
+            out.update(
+                initial_objective_gap=initial["objective_gap"],
+                final_objective_gap=last["objective_gap"],
+                optimal_reward=scorer.optimum["exact_reward"],
+                optimal_kl_to_reference=scorer.optimum["kl_to_reference"],
+            )
+        return out
+
+    return trainer, scorer, summarise
+
+
+def _pg_prompts_run(config, pc, mesh, rules, key_model, out):
+    tokenizer, prompts, model = _prompts_policy(config, mesh, rules, key_model, out)
+    from jaxalign.models import reward_model_from_pretrained
+
+    with jax.set_mesh(mesh), axis_rules(rules):
+        rm = reward_model_from_pretrained(config.oracle.path, mesh=mesh, rules=rules)
+    eos = tokenizer.eos_token_id
+    trainer = PolicyGradientTrainer(
+        model,
+        pc,
+        prompts=prompts,
+        reward_fn=reward_model_fn(rm),
+        eos_token_id=() if eos is None else int(eos),
+        pad_token_id=int(prompts.pad_token_id),
+        mesh=mesh,
+        rules=rules,
+    )
+
+    def summarise(history):
+        return {
+            "mode": "prompts",
+            "num_prompts": len(prompts),
+            "truncated_prompts": int(prompts.num_truncated),
+            "first_reward_mean": history[0]["reward_mean"],
+            "final_reward_mean": history[-1]["reward_mean"],
+            "final_kl_estimate": history[-1]["kl_estimate"],
+            "final_loss": history[-1]["loss"],
+            "median_iteration_s": float(np.median([r["time_s"] for r in history])),
+        }
+
+    return trainer, None, summarise
+
+
 def _tokenizer(config, out: Path):
     from jaxalign.models import build_tiny_tokenizer, load_tokenizer
 
@@ -479,7 +591,8 @@ def _tokenizer(config, out: Path):
     return PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
 
 
-def _prompts_run(config, oc, mesh, rules, key_model, out: Path):
+def _prompts_policy(config, mesh, rules, key_model, out: Path):
+    """(tokenizer, prompt dataset, policy) of a prompts-mode run."""
     from jaxalign.data import load_prompt_dataset, make_tiny_preference_dataset
 
     tokenizer = _tokenizer(config, out)
@@ -506,6 +619,11 @@ def _prompts_run(config, oc, mesh, rules, key_model, out: Path):
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{model.config.vocab_size}"
         )
+    return tokenizer, prompts, model
+
+
+def _prompts_run(config, oc, mesh, rules, key_model, out: Path):
+    tokenizer, prompts, model = _prompts_policy(config, mesh, rules, key_model, out)
     eos = tokenizer.eos_token_id
     trainer = OnlineTrainer(
         model,

@@ -106,3 +106,28 @@ def test_mixture_of_annotators_and_preference_model_judges(files, tmp_path):
     for r in rows:
         assert float(r["label_mean"] * 8).is_integer()
     assert "model_dir" not in summary
+
+
+def test_kl_pg_hf_template_trains_against_a_saved_reward_model(files, tmp_path):
+    path = repo_root() / "configs" / "train" / "kl_pg_hf.yaml"
+    overrides = [
+        o for o in _overrides(files, tmp_path / "run") if not o.startswith("logging.")
+    ]  # fmt: skip
+    cfg = load_online_config(path, [*overrides, "online.batch_size=4"])
+    assert cfg.algorithm.name == "kl_pg" and not cfg.testbed_mode
+    summary = train_online(cfg, quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    # Iteration 1 samples from π_0 = π_ref: the k2 KL estimate is exactly 0 there.
+    assert abs(rows[0]["kl_estimate"]) < 1e-6 and rows[1]["kl_estimate"] > 0
+    for r in rows:
+        assert np.isfinite(r["reward_mean"]) and r["reward_std"] > 0 and r["grad_norm"] > 0
+        assert 1 <= r["response_length"] <= 6
+    assert summary["final_reward_mean"] == rows[-1]["reward_mean"]
+    saved, before = from_pretrained(tmp_path / "run" / "model"), from_pretrained(files / "policy")
+    moved = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        nnx.state(saved, nnx.Param),
+        nnx.state(before, nnx.Param),
+    )
+    assert max(jax.tree.leaves(moved)) > 0
