@@ -74,8 +74,13 @@ from jaxalign.losses import pairwise as pw
 from jaxalign.models import axis_rules, generate, sequence_logprobs, state_shardings
 from jaxalign.train.oracles import Oracle, Responses, testbed_oracle
 
-Algorithm = Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md"]
+Algorithm = Literal[
+    "inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "dpo", "ipo", "robust_dpo"
+]
 ALGORITHMS: tuple[str, ...] = ("inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md")
+# Offline: pairs always from π_ref (an unlimited preference dataset of the reference);
+# every fit moves towards the same population minimiser of the loss.
+OFFLINE_ALGORITHMS: tuple[str, ...] = ("dpo", "ipo", "robust_dpo")
 # Algorithms whose update is π ∝ π_t^{1-sτ} π_ref^{sτ} e^{s·…}: s·τ ≤ 1.
 _MIRROR = ("inpo", "mnpo", "egpo", "nash_md")
 
@@ -98,6 +103,8 @@ class OnlineConfig:
       opponent_weights: MNPO's λ (newest first; default uniform).
       mixture: Nash-MD's opponent sampler, ``"token"`` (per-token geometric mixture,
         any model) or ``"sequence"`` (exact sequence-level mixture; testbed only).
+      beta: DPO / robust DPO's logistic scale β.
+      flip_rate: robust DPO's label-flip rate ε ∈ [0, ½).
       temperature: sampling temperature of the pair generator.
       top_p: nucleus mass of the pair generator (1 = off).
       max_new_tokens: response length cap (the testbed's L when run on the testbed).
@@ -116,14 +123,20 @@ class OnlineConfig:
     num_players: int = 3
     opponent_weights: tuple[float, ...] | None = None
     mixture: Literal["token", "sequence"] = "token"
+    beta: float = 0.1
+    flip_rate: float = 0.0
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
     adam_eps: float = 1e-3
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        known = ALGORITHMS + OFFLINE_ALGORITHMS
+        if self.algorithm not in known:
+            raise ValueError(f"algorithm must be one of {known}, got {self.algorithm!r}")
+        _checks.check_positive("beta", self.beta)
+        if not 0 <= self.flip_rate < 0.5:
+            raise ValueError(f"flip_rate must be in [0, 0.5), got {self.flip_rate}")
         for name in ("num_iterations", "batch_size", "inner_steps", "max_new_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 1:
@@ -137,8 +150,8 @@ class OnlineConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.mixture not in ("token", "sequence"):
             raise ValueError(f"mixture must be 'token' or 'sequence', got {self.mixture!r}")
-        if self.algorithm == "online_ipo" and self.tau <= 0:
-            raise ValueError(f"online_ipo needs tau > 0, got {self.tau}")
+        if self.algorithm in ("online_ipo", "ipo") and self.tau <= 0:
+            raise ValueError(f"{self.algorithm} needs tau > 0, got {self.tau}")
         if self.algorithm in _MIRROR and self.step_size * self.tau > 1:
             raise ValueError(
                 f"step_size * tau must be <= 1 (anchor weight 1 - s·tau >= 0), "
@@ -156,8 +169,8 @@ class OnlineConfig:
 
     @property
     def regularisation(self) -> float:
-        """τ of the game the algorithm targets (0 for ONPO)."""
-        return 0.0 if self.algorithm == "onpo" else float(self.tau)
+        """τ of the game the algorithm targets (0 for ONPO and DPO / robust DPO)."""
+        return 0.0 if self.algorithm in ("onpo", "dpo", "robust_dpo") else float(self.tau)
 
     def lambdas(self) -> np.ndarray:
         m = self.num_players - 1
@@ -265,9 +278,17 @@ def _pair_loss(kind: str, config: OnlineConfig, pa, pb, anc_a, anc_b, extra) -> 
     if kind == "onpo":
         ((anchor_a,), (anchor_b,)) = anc_a, anc_b
         return pw.onpo_loss(pa, pb, anchor_a, anchor_b, step_size=s).loss
-    if kind == "online_ipo":
+    if kind in ("online_ipo", "ipo"):
         ((ref_a,), (ref_b,)) = anc_a, anc_b
         return pw.online_ipo_loss(pa, pb, ref_a, ref_b, tau=tau).loss
+    if kind == "dpo":
+        ((ref_a,), (ref_b,)) = anc_a, anc_b
+        return pw.dpo_loss(pa, pb, ref_a, ref_b, beta=config.beta).loss
+    if kind == "robust_dpo":
+        ((ref_a,), (ref_b,)) = anc_a, anc_b
+        return pw.robust_dpo_loss(
+            pa, pb, ref_a, ref_b, beta=config.beta, flip_rate=config.flip_rate
+        ).loss
     ref_a, *hist_a = anc_a
     ref_b, *hist_b = anc_b
     return pw.mnpo_loss(
@@ -585,6 +606,8 @@ class OnlineTrainer(PolicySampler):
             ys = self.sequence_sampler(k_sample, params, ref, mix, xx)
         elif cfg.algorithm == "nash_md":
             ys = self.sample(params, k_sample, xx, mixture=s * tau)
+        elif cfg.algorithm in OFFLINE_ALGORITHMS:
+            ys = self.sample(ref, k_sample, xx)
         else:
             ys = self.sample(params, k_sample, xx)
         a, bb = ys.take(slice(0, b)), ys.take(slice(b, 2 * b))
@@ -611,9 +634,9 @@ class OnlineTrainer(PolicySampler):
             anc_a, anc_b = self._anchors([prime], a, bb)
             new, loss = self._fit("onpo")(prime, a, bb, anc_a, anc_b, w, extra)
             cur_logp, ref_logp = self.logp(params, a), self.logp(ref, a)
-        elif cfg.algorithm == "online_ipo":
+        elif cfg.algorithm == "online_ipo" or cfg.algorithm in OFFLINE_ALGORITHMS:
             anc_a, anc_b = self._anchors([ref], a, bb)
-            new, loss = self._fit("online_ipo")(params, a, bb, anc_a, anc_b, w, extra)
+            new, loss = self._fit(cfg.algorithm)(params, a, bb, anc_a, anc_b, w, extra)
             cur_logp, ref_logp = self.logp(params, a), anc_a[0]
         else:  # mnpo
             anc_a, anc_b = self._anchors([ref, *st.opponents], a, bb)
@@ -836,11 +859,69 @@ def _kl(log_p, log_q):
 
 
 def _exact_step(config: OnlineConfig, game: G.PreferenceGame, log_ref) -> Callable | None:
-    """``log π_t ↦ log T(π_t)``, the tabular update from π_t alone (None if T needs more)."""
+    """``log π_t ↦ log T(π_t)``, the tabular update from π_t alone (None if T needs more);
+    for the offline algorithms the constant population minimiser."""
     if config.algorithm in ("onpo", "mnpo"):
         return None
+    if config.algorithm in OFFLINE_ALGORITHMS:
+        target = population_minimiser(config, game, log_ref)
+        return None if target is None else (lambda lp: target)
     solver = tabular_solver(config, log_ref)
     return jax.jit(lambda lp: solver.step(game, solver.init(game, lp)).log_policy)
+
+
+def population_minimiser(
+    config: OnlineConfig,
+    game: G.PreferenceGame,
+    log_ref: Float[Array, "n"],
+    *,
+    newton_steps: int = 50,
+) -> Float[Array, "n"] | None:
+    r"""The exact policy an offline algorithm's fits move to: the minimiser over all policies
+    of its population loss with pairs :math:`a, b \sim \pi_{\rm ref}` labelled by ``game``.
+
+    IPO: :math:`\pi_{\rm ref}e^{P\pi_{\rm ref}/\tau}` (the population-loss lemma). DPO /
+    robust DPO: the loss is convex in the logits, solved by Newton's method (for a
+    Bradley–Terry game this is :math:`\pi_{\rm ref}e^{r/\beta}`). Returns None when the
+    robust loss has no minimiser (clean labels with a flip correction can make it unbounded)
+    or the space is too large for a dense Hessian (> 2048 responses).
+    """
+    if config.algorithm == "ipo":
+        u = game.preference @ jnp.exp(log_ref)
+        return jax.nn.log_softmax(log_ref + u / config.tau)
+    n = log_ref.shape[0]
+    if n > 2048:
+        return None
+    mu = jnp.exp(log_ref)
+    p = jnp.asarray(game.preference, log_ref.dtype)
+    weight = mu[:, None] * mu[None, :]
+
+    def objective(f):
+        lp = jax.nn.log_softmax(log_ref + f)
+        pa = jnp.broadcast_to(lp[:, None], (n, n)).ravel()
+        pb = jnp.broadcast_to(lp[None, :], (n, n)).ravel()
+        ra = jnp.broadcast_to(log_ref[:, None], (n, n)).ravel()
+        rb = jnp.broadcast_to(log_ref[None, :], (n, n)).ravel()
+        if config.algorithm == "dpo":
+            loss = pw.dpo_loss(pa, pb, ra, rb, beta=config.beta).loss
+        else:
+            loss = pw.robust_dpo_loss(
+                pa, pb, ra, rb, beta=config.beta, flip_rate=config.flip_rate
+            ).loss
+        return jnp.sum(weight * p * loss.reshape(n, n))  # (a, b) labelled a ≻ b w.p. P_ab
+
+    @jax.jit
+    def newton(f):
+        g, h = jax.grad(objective)(f), jax.hessian(objective)(f)
+        return f - jnp.linalg.pinv(h, hermitian=True) @ g, jnp.max(jnp.abs(g))
+
+    f = jnp.zeros_like(log_ref)
+    for _ in range(newton_steps):
+        f, grad_max = newton(f)
+    target = jax.nn.log_softmax(log_ref + f)
+    if not bool(jnp.all(jnp.isfinite(target))) or float(grad_max) > 1e-4:
+        return None
+    return target
 
 
 def tabular_baseline(
@@ -850,7 +931,13 @@ def tabular_baseline(
     log_ref: Float[Array, "n"],
 ) -> G.Trajectory:
     """The matching tabular solver run for ``config.num_iterations`` steps from ``log_policy``,
-    gaps measured in the unregularised game (``Trajectory.last_gap``/``avg_gap`` ``[T]``)."""
+    gaps measured in the unregularised game (``Trajectory.last_gap``/``avg_gap`` ``[T]``).
+    Offline algorithms have no iterative solver: see :func:`population_minimiser`."""
+    if config.algorithm in OFFLINE_ALGORITHMS:
+        raise ValueError(
+            f"{config.algorithm} is offline (pairs from π_ref): it has no iterative tabular "
+            "solver; compare with population_minimiser(config, game, log_ref)"
+        )
     solver = tabular_solver(config, log_ref)
     return G.run(solver, game, config.num_iterations, log_policy=log_policy, tau=0.0, ref=log_ref)
 
@@ -867,6 +954,7 @@ def average_policy_gaps(
 
 __all__ = [
     "ALGORITHMS",
+    "OFFLINE_ALGORITHMS",
     "FixedPrompt",
     "LoopState",
     "OnlineConfig",
@@ -881,6 +969,7 @@ __all__ = [
     "TestbedTask",
     "average_policy_gaps",
     "online_train",
+    "population_minimiser",
     "tabular_baseline",
     "tabular_solver",
     "testbed_oracle",

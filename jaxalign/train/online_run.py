@@ -38,15 +38,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from jaxalign.games import duality_gap
+from jaxalign.kl import kl_divergence
 from jaxalign.models import CausalLM, ModelConfig, axis_rules, from_pretrained, save_pretrained
 from jaxalign.parallel import DEFAULT_RULES, DistributedConfig, MeshConfig, initialize_distributed
 from jaxalign.train.config import CheckpointConfig, InitConfig, ShardingConfig, _bad
 from jaxalign.train.online import (
     ALGORITHMS,
+    OFFLINE_ALGORITHMS,
     OnlineConfig,
     OnlineTrainer,
     TestbedScorer,
     average_policy_gaps,
+    population_minimiser,
     testbed_trainer,
 )
 from jaxalign.train.online import tabular_baseline as _tabular_baseline
@@ -62,14 +66,20 @@ from jaxalign.train.policy_gradient import (
 class OnlineAlgorithmConfig:
     """The online algorithm and its update (see :class:`jaxalign.train.OnlineConfig`)."""
 
-    name: Literal["inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "kl_pg"] = "inpo"
+    name: Literal[
+        "inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "kl_pg",
+        "dpo", "ipo", "robust_dpo",
+    ] = "inpo"  # fmt: skip
+    # (dpo / ipo / robust_dpo here: offline pairs from π_ref on the testbed, scored exactly;
+    #  on text data they run through the offline engine, configs/train/<name>_tiny.yaml)
     step_size: float = 1.0  # s: the update multiplies payoffs, π ∝ … e^{s·Pπ}
     tau: float = 0.0  # KL weight to π_ref (s·τ ≤ 1; online IPO: > 0; ONPO: unused)
     num_players: int = 3  # MNPO: the last num_players − 1 iterates are the opponents
     opponent_weights: tuple[float, ...] | None = None  # MNPO λ, newest first; null = uniform
     mixture: Literal["token", "sequence"] = "token"  # Nash-MD opponent sampler
     # kl_pg (KL-regularised policy gradient against a reward; one AdamW step per iteration):
-    beta: float = 0.1  # KL coefficient: maximise E r − β KL(π‖π_ref)
+    beta: float = 0.1  # kl_pg: maximise E r − β KL(π‖π_ref); dpo / robust_dpo: logistic β
+    flip_rate: float = 0.0  # robust_dpo: label-flip rate ε ∈ [0, ½)
     group_size: int = 4  # responses per prompt (batch_size prompts per iteration)
     baseline: Literal["none", "leave_one_out", "group_mean"] = "leave_one_out"
     estimator: Literal["k1", "k2", "k3"] = "k2"  # KL estimator of the loss term
@@ -213,6 +223,11 @@ class OnlineTrainConfig:
                 "oracle.kind=testbed labels testbed responses only: set prompts.path to '' "
                 "(and prompts.tiny=false), or choose reward_model / preference_model / mixture"
             )
+        if self.algorithm.name in OFFLINE_ALGORITHMS and not self.testbed_mode:
+            raise ValueError(
+                f"{self.algorithm.name} runs here only on the testbed; for text data use the "
+                f"offline engine (configs/train/{self.algorithm.name}_hf.yaml)"
+            )
         if self.algorithm.name == "kl_pg" and self.oracle.kind not in ("testbed", "reward_model"):
             raise ValueError(
                 f"kl_pg needs a reward: oracle.kind=testbed (the testbed's additive reward) or "
@@ -247,6 +262,8 @@ class OnlineTrainConfig:
             num_players=a.num_players,
             opponent_weights=a.opponent_weights,
             mixture=a.mixture,
+            beta=a.beta,
+            flip_rate=a.flip_rate,
             temperature=o.temperature,
             top_p=o.top_p,
             max_new_tokens=o.max_new_tokens,
@@ -271,13 +288,17 @@ class OnlineTrainConfig:
 
 
 ONLINE_RUN_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "kl_pg")
+TESTBED_OFFLINE_ALGORITHMS: tuple[str, ...] = OFFLINE_ALGORITHMS
 
 
 def is_online_config(data: dict[str, Any]) -> bool:
-    """Whether a config mapping describes an online run (``algorithm.name`` is an online
-    Nash algorithm or ``kl_pg``)."""
+    """Whether a config mapping is for this driver: ``algorithm.name`` is an online Nash
+    algorithm or ``kl_pg``, or an offline loss (dpo / ipo / robust_dpo) with a ``testbed``
+    section (offline pairs from π_ref on the testbed, scored exactly)."""
     name = (data.get("algorithm") or {}).get("name")
-    return name in ONLINE_RUN_ALGORITHMS
+    return name in ONLINE_RUN_ALGORITHMS or (
+        name in TESTBED_OFFLINE_ALGORITHMS and "testbed" in data
+    )
 
 
 def online_config_from_dict(data: dict[str, Any]) -> OnlineTrainConfig:
@@ -458,7 +479,8 @@ def _restore(checkpointer, trainer, scorer, say) -> int:
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("initial_duality_gap", "final_duality_gap", "final_regularised_gap",
             "final_average_iterate_gap", "tabular_final_duality_gap",
-            "tabular_final_average_gap", "initial_objective_gap", "final_objective_gap",
+            "tabular_final_average_gap", "final_kl_to_target", "target_duality_gap",
+            "initial_objective_gap", "final_objective_gap",
             "final_exact_reward", "optimal_reward", "final_loss", "final_reward_mean",
             "final_win_rate_vs_reference")  # fmt: skip
     return {k: round(summary[k], 4) for k in keys if k in summary}
@@ -479,9 +501,8 @@ def _testbed_run(config, oc, mesh, rules, key_model, out):
 
     def summarise(history):
         h = scorer.history([r["loss"] for r in history])
-        tab = _tabular_baseline(oc, game, h.log_policies[0], scorer.log_ref)
         avg = average_policy_gaps(game, h.log_policies)
-        return {
+        out = {
             "mode": "testbed",
             "num_responses": testbed.num_responses,
             "initial_duality_gap": float(h.duality_gap[0]),
@@ -493,9 +514,22 @@ def _testbed_run(config, oc, mesh, rules, key_model, out):
             "final_win_rate_vs_reference": float(h.win_rate_vs_reference[-1]),
             "final_loss": float(h.loss[-1]),
             "final_average_iterate_gap": float(avg[-1]),
-            "tabular_final_duality_gap": float(tab.last_gap[-1]),
-            "tabular_final_average_gap": float(tab.avg_gap[-1]),
         }
+        if oc.algorithm in OFFLINE_ALGORITHMS:
+            target = population_minimiser(oc, game, scorer.log_ref)
+            if target is not None:
+                out.update(
+                    final_kl_to_target=float(h.tracking_kl[-1]),
+                    target_duality_gap=float(duality_gap(game, target)),
+                    target_kl_to_reference=float(kl_divergence(target, scorer.log_ref)),
+                )
+            return out
+        tab = _tabular_baseline(oc, game, h.log_policies[0], scorer.log_ref)
+        out.update(
+            tabular_final_duality_gap=float(tab.last_gap[-1]),
+            tabular_final_average_gap=float(tab.avg_gap[-1]),
+        )
+        return out
 
     return trainer, scorer, summarise
 

@@ -95,7 +95,8 @@ def test_tabular_solver_mapping():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(algorithm="dpo"), "algorithm"),
+        (dict(algorithm="sppo"), "algorithm"),
+        (dict(algorithm="robust_dpo", flip_rate=0.5), "flip_rate"),
         (dict(algorithm="online_ipo", tau=0.0), "tau > 0"),
         (dict(algorithm="inpo", step_size=2.0, tau=1.0), "step_size \\* tau"),
         (dict(batch_size=0), "batch_size"),

@@ -4,6 +4,7 @@ end to end with exact metrics, and the config is validated with clear errors."""
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,8 +19,10 @@ CONFIGS = repo_root() / "configs" / "train"
 SMALL = ["run.iterations=2", "online.batch_size=32", "online.inner_steps=5"]
 
 
-@pytest.mark.parametrize("algorithm", online_run.ONLINE_RUN_ALGORITHMS)
-def test_every_online_algorithm_has_a_testbed_config(algorithm):
+@pytest.mark.parametrize(
+    "algorithm", online_run.ONLINE_RUN_ALGORITHMS + online_run.TESTBED_OFFLINE_ALGORITHMS
+)
+def test_every_algorithm_has_a_testbed_config(algorithm):
     cfg = online_run.load_online_config(CONFIGS / f"{algorithm}_testbed.yaml")
     assert cfg.algorithm.name == algorithm and cfg.testbed_mode
     assert cfg.oracle.kind == "testbed"
@@ -130,3 +133,34 @@ def test_kl_pg_on_the_testbed_closes_the_exact_objective_gap(tmp_path):
     j_star = summary["optimal_reward"] - cfg.algorithm.beta * summary["optimal_kl_to_reference"]
     last = rows[-1]
     np.testing.assert_allclose(j_star - last["objective"], last["objective_gap"], atol=1e-4)
+
+
+def test_offline_losses_on_the_testbed_track_their_exact_population_minimiser(tmp_path):
+    """IPO's fits land next to π_ref e^{Pπ_ref/τ}; DPO's exact target on a Bradley–Terry game
+    is the KL-RL optimum π_ref e^{r/β}; robust DPO with ε = 0 has DPO's target."""
+    from jaxalign.train import online as ol
+
+    cfg = online_run.load_online_config(
+        CONFIGS / "ipo_testbed.yaml",
+        ["run.iterations=3", f"run.out_dir={tmp_path / 'ipo'}", "run.save_model=false"],
+    )
+    summary = online_run.train_online(cfg, quiet=True)
+    assert summary["final_kl_to_target"] < 0.05
+    assert "tabular_final_duality_gap" not in summary
+
+    testbed = tb.Testbed(3, 2)
+    token_rewards = jax.random.normal(jax.random.key(0), (2, 3))
+    game = tb.bradley_terry_preference(testbed, token_rewards)
+    r = tb.additive_reward(testbed, token_rewards)
+    log_ref = jax.nn.log_softmax(jax.random.normal(jax.random.key(1), (9,)))
+    dpo = ol.OnlineConfig(algorithm="dpo", beta=0.7)
+    target = ol.population_minimiser(dpo, game, log_ref)
+    np.testing.assert_allclose(
+        np.exp(target), np.exp(jax.nn.log_softmax(log_ref + r / 0.7)), atol=1e-5
+    )
+    robust = ol.OnlineConfig(algorithm="robust_dpo", beta=0.7, flip_rate=0.0)
+    np.testing.assert_allclose(
+        np.exp(ol.population_minimiser(robust, game, log_ref)), np.exp(target), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="offline"):
+        ol.tabular_baseline(dpo, game, log_ref, log_ref)
