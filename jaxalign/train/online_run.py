@@ -1,6 +1,10 @@
-"""``jaxalign train`` for the online Nash algorithms: a YAML config → an online run.
+"""``jaxalign train`` for the online algorithms: a YAML config → an online run.
 
-Two modes, chosen by the config:
+Algorithms: the online Nash family (INPO, ONPO, online IPO, MNPO, EGPO, Nash-MD;
+:class:`~jaxalign.train.online.OnlineTrainer`), KL-regularised policy gradient (``kl_pg``;
+:class:`~jaxalign.train.policy_gradient.PolicyGradientTrainer`) and, on the testbed only,
+the offline losses DPO / IPO / robust DPO with pairs from π_ref, scored against their exact
+population minimiser. Two modes, chosen by the config:
 
 * **testbed** (``prompts.path: ""`` and ``oracle.kind: testbed``): a transformer whose
   vocabulary is the testbed alphabet is trained against a synthetic preference over all
