@@ -27,3 +27,40 @@ def tiny_hf_model_config() -> ModelConfig:
     """The tiny shape over the 384 tokens of ``build_tiny_tokenizer``, with the default
     initialisation: the checkpoint the HF-template runs load."""
     return ModelConfig(vocab_size=384, num_kv_heads=2, **_SHAPE)
+
+
+# A tiny model and batch so a compile + a few steps take seconds on CPU.
+TINY_TRAIN = [
+    "model.vocab_size=384",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.num_kv_heads=2",
+    "model.head_dim=16",
+    "data.batch_size=8",
+    "data.max_length=24",
+    "data.max_prompt_length=16",
+    "tiny_data.num_rows=64",
+    "optimizer.lr=3e-3",
+    "schedule.warmup_steps=2",
+    "schedule.decay_steps=20",  # independent of run.steps: one compiled step for all tests
+    "logging.progress_bar=false",
+    "logging.peak_flops=1e9",
+    "checkpoint.async_save=false",
+    "mesh.data=1",
+    "mesh.fsdp=1",
+    "mesh.tensor=1",
+]
+
+
+def tiny_overrides(out_dir, *extra: str) -> list[str]:
+    """:data:`TINY_TRAIN` plus ``run.out_dir`` and ``extra`` overrides."""
+    return [*TINY_TRAIN, f"run.out_dir={out_dir}", *extra]
+
+
+def tiny_config(out_dir, *extra: str):
+    """A tiny :class:`jaxalign.train.TrainConfig` writing to ``out_dir``."""
+    from jaxalign.train import load_train_config
+
+    return load_train_config(None, tiny_overrides(out_dir, *extra))

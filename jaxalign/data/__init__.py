@@ -45,6 +45,7 @@ from jaxalign.data.prompts import (
     read_prompts,
 )
 from jaxalign.data.synthetic import (
+    TINY_RULES,
     TINY_WORDS,
     make_tiny_preference_dataset,
     tiny_preference_score,
@@ -57,6 +58,7 @@ from jaxalign.data.tokenize import (
 )
 
 __all__ = [
+    "TINY_RULES",
     "TINY_WORDS",
     "DataConfig",
     "LoaderState",

@@ -34,6 +34,7 @@ from jaxalign.train.config import (
     ShardingConfig,
     TinyDataConfig,
     TrainConfig,
+    TrainDataConfig,
     config_to_dict,
     load_train_config,
     train_config_from_dict,
@@ -46,9 +47,11 @@ from jaxalign.train.metrics import (
     read_jsonl,
 )
 from jaxalign.train.multiobjective import (
+    PER_OBJECTIVE_METRICS,
     MultiObjectiveMetrics,
     PreferenceBatches,
     multiobjective_dpo_step,
+    multiobjective_train_step,
 )
 from jaxalign.train.online import ALGORITHMS as ONLINE_ALGORITHMS
 from jaxalign.train.online import (
@@ -97,12 +100,18 @@ from jaxalign.train.state import (
     init_train_state,
     train_shardings,
 )
-from jaxalign.train.step import LOSSES, dpo_train_step, preference_train_step
+from jaxalign.train.step import (
+    LOSSES,
+    dpo_train_step,
+    preference_gradient,
+    preference_train_step,
+)
 
 __all__ = [
     "LOSSES",
     "OFFLINE_ALGORITHMS",
     "ONLINE_ALGORITHMS",
+    "PER_OBJECTIVE_METRICS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CheckpointError",
@@ -134,6 +143,7 @@ __all__ = [
     "TestbedTask",
     "TinyDataConfig",
     "TrainConfig",
+    "TrainDataConfig",
     "TrainResult",
     "TrainState",
     "abstract_model",
@@ -152,7 +162,9 @@ __all__ = [
     "matmul_params",
     "measure_matmul_peak",
     "multiobjective_dpo_step",
+    "multiobjective_train_step",
     "online_train",
+    "preference_gradient",
     "preference_model_oracle",
     "preference_train_step",
     "read_jsonl",

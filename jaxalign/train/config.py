@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from jaxalign.data import DataConfig
+from jaxalign.data.synthetic import TINY_RULES
 from jaxalign.models import ModelConfig
 from jaxalign.parallel import DistributedConfig, MeshConfig
 
@@ -36,18 +37,52 @@ class InitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TinyDataConfig:
-    """The synthetic sorting-preference dataset used when ``data.path`` is empty."""
+class TrainDataConfig(DataConfig):
+    """:class:`jaxalign.data.DataConfig` plus ``paths``, one dataset per objective.
 
-    num_rows: int = 512  # rows generated into <run dir>/data/tiny.jsonl
+    ``dpo`` / ``ipo`` / ``robust_dpo`` read ``path``; ``multiobjective_dpo`` reads
+    ``paths`` (K ≥ 2 datasets, objective k's preferences in ``paths[k]``), every other
+    field applying to each of them alike (one batch of ``batch_size`` pairs per
+    objective per step). Both empty: the tiny generator writes the data (``tiny_data``).
+    """
+
+    paths: tuple[str, ...] = ()  # multiobjective_dpo: one dataset (file/directory) per objective
+
+    def __post_init__(self):
+        super().__post_init__()
+        paths = tuple(self.paths)
+        if any(not isinstance(p, str) or not p for p in paths):
+            raise ValueError(f"paths must be non-empty strings, got {list(paths)}")
+        if paths and self.path:
+            raise ValueError(
+                f"give path={self.path!r} (one dataset: dpo / ipo / robust_dpo) or "
+                f"paths={list(paths)} (one per objective: multiobjective_dpo), not both"
+            )
+        object.__setattr__(self, "paths", paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyDataConfig:
+    """The synthetic sorting-preference dataset(s) used when ``data.path`` (and ``data.paths``)
+    are empty."""
+
+    num_rows: int = 512  # rows generated into <run dir>/data/ (per dataset)
     seed: int = 0  # the rows are a function of this seed
     num_words: int = 4  # words per prompt (2 … 16)
+    # The chosen order of each generated dataset: sorted (alphabetical) or reversed. The
+    # single-objective losses use the first; multiobjective_dpo one dataset per entry (the
+    # same prompts and random rejected orders, labelled by conflicting rules).
+    objectives: tuple[str, ...] = ("sorted", "reversed")
 
     def __post_init__(self):
         if self.num_rows < 1:
             _bad("num_rows", self.num_rows, "a positive integer")
         if not 2 <= self.num_words <= 16:
             _bad("num_words", self.num_words, "an integer in [2, 16]")
+        objectives = tuple(self.objectives)
+        if not objectives or any(rule not in TINY_RULES for rule in objectives):
+            _bad("objectives", list(objectives), f"a non-empty list of rules from {TINY_RULES}")
+        object.__setattr__(self, "objectives", objectives)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +140,23 @@ class ScheduleConfig:
 
 
 #: The offline preference losses ``algorithm.name`` selects (see :class:`AlgorithmConfig`).
-OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo")
+OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo", "multiobjective_dpo")
 
 # The hyperparameters each loss reads; the others must keep their defaults.
 _ALGORITHM_FIELDS = {
     "dpo": ("beta", "label_smoothing"),
     "ipo": ("tau",),
     "robust_dpo": ("beta", "flip_rate"),
+    "multiobjective_dpo": ("beta", "label_smoothing", "aggregator", "weights", "radius"),
+}
+
+# Within multiobjective_dpo: the fields each aggregator reads (the keys are
+# jaxalign.train.multiobjective.AGGREGATORS, the `aggregator` Literal below).
+_AGGREGATOR_FIELDS = {
+    "weighted_sum": ("weights",),
+    "mgda": (),
+    "cagrad": ("radius",),
+    "raco": ("weights", "radius"),
 }
 
 
@@ -125,17 +170,29 @@ class AlgorithmConfig:
       ``label_smoothing`` (conservative DPO: the expected loss under label flips);
     * ``ipo`` (Azar et al. 2023): ``(h − 1/(2τ))²``;
     * ``robust_dpo`` (Chowdhury et al. 2024): ``[(1−ε)·softplus(−βh) − ε·softplus(βh)]/(1−2ε)``,
-      ε = ``flip_rate``: unbiased for the clean DPO loss under labels flipped at rate ε.
+      ε = ``flip_rate``: unbiased for the clean DPO loss under labels flipped at rate ε;
+    * ``multiobjective_dpo`` (Zhou et al. 2024): one DPO loss ``L_k`` (β, ε as ``dpo``) per
+      dataset of ``data.paths``; each step combines the K gradients ``g_k = ∇L_k`` with
+      ``aggregator``: ``weighted_sum`` (``Σ_k w_k g_k``, i.e. DPO on ``Σ_k w_k L_k``),
+      ``mgda`` (min-norm point of the gradients' convex hull: no ``L_k`` increases to
+      first order), ``cagrad`` (radius ``c`` around the mean gradient) or ``raco`` (radius
+      ``c`` around ``Σ_k w_k g_k``, clipped by ``w``); see
+      :func:`jaxalign.train.multiobjective.multiobjective_train_step`.
 
     A field the chosen loss does not read must keep its default (a set ``tau`` with
-    ``name: dpo`` is an error rather than silently ignored).
+    ``name: dpo`` is an error rather than silently ignored); within ``multiobjective_dpo``
+    the same holds for ``weights`` (weighted_sum, raco) and ``radius`` (cagrad, raco).
     """
 
-    name: Literal["dpo", "ipo", "robust_dpo"] = "dpo"  # the loss (see above)
-    beta: float = 0.1  # dpo, robust_dpo: KL strength / logistic scale β > 0
-    label_smoothing: float = 0.0  # dpo: ε ∈ [0, ½), conservative DPO
+    name: Literal["dpo", "ipo", "robust_dpo", "multiobjective_dpo"] = "dpo"  # the loss
+    beta: float = 0.1  # dpo, robust_dpo, multiobjective_dpo: KL strength / logistic scale β > 0
+    label_smoothing: float = 0.0  # dpo, multiobjective_dpo: ε ∈ [0, ½), conservative DPO
     tau: float = 0.1  # ipo: regularisation τ > 0; the log-ratio target is 1/(2τ)
     flip_rate: float = 0.0  # robust_dpo: assumed label-flip rate ε ∈ [0, ½)
+    # multiobjective_dpo: how the K per-objective gradients become one update direction
+    aggregator: Literal["weighted_sum", "mgda", "cagrad", "raco"] = "weighted_sum"
+    weights: tuple[float, ...] = ()  # multiobjective_dpo: user weights w on the simplex; () = 1/K
+    radius: float = 0.5  # multiobjective_dpo cagrad / raco: radius c >= 0 (raco: c < 1)
 
     def __post_init__(self):
         if not self.beta > 0:
@@ -146,18 +203,50 @@ class AlgorithmConfig:
             _bad("tau", self.tau, "> 0")
         if not 0 <= self.flip_rate < 0.5:
             _bad("flip_rate", self.flip_rate, "a number in [0, 0.5)")
+        weights = tuple(self.weights)
+        object.__setattr__(self, "weights", weights)
+        if any(w < 0 for w in weights) or (weights and abs(sum(weights) - 1) > 1e-6):
+            _bad("weights", list(weights), "non-negative numbers summing to 1 (one per objective)")
+        if not self.radius >= 0:
+            _bad("radius", self.radius, ">= 0")
+        if self.aggregator == "raco" and not self.radius < 1:
+            _bad("radius", self.radius, "< 1 for aggregator=raco")
         used = _ALGORITHM_FIELDS[self.name]
         for field in dataclasses.fields(self):
             if field.name == "name" or field.name in used:
                 continue
             value = getattr(self, field.name)
-            if value != field.default:
+            if value != _default(field):
                 users = [n for n, keys in _ALGORITHM_FIELDS.items() if field.name in keys]
                 raise ValueError(
                     f"{field.name}={value!r} is not used by name={self.name!r} (only by "
                     f"{' / '.join(users)}); remove it or leave it at its default "
-                    f"{field.default!r}. {self.name} reads: {', '.join(used)}"
+                    f"{_default(field)!r}. {self.name} reads: {', '.join(used)}"
                 )
+        if self.name == "multiobjective_dpo":
+            reads = _AGGREGATOR_FIELDS[self.aggregator]
+            for name in ("weights", "radius"):
+                field = next(f for f in dataclasses.fields(self) if f.name == name)
+                value = getattr(self, name)
+                if name not in reads and value != _default(field):
+                    users = [a for a, keys in _AGGREGATOR_FIELDS.items() if name in keys]
+                    raise ValueError(
+                        f"{name}={value!r} is not used by aggregator={self.aggregator!r} (only "
+                        f"by {' / '.join(users)}); remove it or leave it at its default "
+                        f"{_default(field)!r}"
+                    )
+
+    def objective_weights(self, num_objectives: int) -> tuple[float, ...]:
+        """The user weights ``w`` of ``multiobjective_dpo`` (uniform ``1/K`` when unset)."""
+        if self.weights:
+            return self.weights
+        return (1.0 / num_objectives,) * num_objectives
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +315,7 @@ class TrainConfig:
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
     tiny_data: TinyDataConfig = dataclasses.field(default_factory=TinyDataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
@@ -248,6 +337,39 @@ class TrainConfig:
                 f"data.batch_size={self.data.batch_size} must be divisible by "
                 f"optimizer.grad_accum_steps={accum}"
             )
+        algo, data = self.algorithm, self.data
+        if algo.name != "multiobjective_dpo":
+            if data.paths:
+                raise ValueError(
+                    f"data.paths={list(data.paths)} is only read by algorithm.name="
+                    f"multiobjective_dpo (one dataset per objective); {algo.name} reads data.path"
+                )
+            return
+        if data.path:
+            raise ValueError(
+                f"algorithm.name=multiobjective_dpo reads one dataset per objective from "
+                f"data.paths (a list of K >= 2 paths), not data.path={data.path!r}"
+            )
+        k = self.num_objectives
+        if k < 2:
+            where = "data.paths" if data.paths else "tiny_data.objectives"
+            raise ValueError(
+                f"algorithm.name=multiobjective_dpo needs K >= 2 objectives, got {k} in "
+                f"{where}; use algorithm.name=dpo for one dataset"
+            )
+        if algo.weights and len(algo.weights) != k:
+            raise ValueError(
+                f"algorithm.weights={list(algo.weights)} has {len(algo.weights)} entries but "
+                f"there are K={k} objectives (data.paths, or tiny_data.objectives when empty)"
+            )
+
+    @property
+    def num_objectives(self) -> int:
+        """K: ``len(data.paths)``, else (tiny data) ``len(tiny_data.objectives)``;
+        1 for the single-objective losses."""
+        if self.algorithm.name != "multiobjective_dpo":
+            return 1
+        return len(self.data.paths) if self.data.paths else len(self.tiny_data.objectives)
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -288,6 +410,7 @@ __all__ = [
     "ShardingConfig",
     "TinyDataConfig",
     "TrainConfig",
+    "TrainDataConfig",
     "config_to_dict",
     "load_train_config",
     "train_config_from_dict",

@@ -7,7 +7,14 @@ Per run directory (``run.out_dir``):
 * ``metrics.jsonl`` — one JSON object per logged step;
 * ``tensorboard/`` — the same scalars as TensorBoard event files (``logging.tensorboard``);
 * ``checkpoints/<step>/`` — Orbax checkpoints (train state, data position, config);
-* ``tokenizer/``, ``data/`` — the tiny tokenizer / dataset when built on the fly.
+* ``tokenizer/``, ``data/`` — the tiny tokenizer / dataset(s) when built on the fly.
+
+``algorithm.name: multiobjective_dpo`` trains on K datasets (``data.paths``): K loaders
+with the same batch size advance together (all their positions are checkpointed),
+each step's K batches are padded to one length and fed to
+:func:`jaxalign.train.multiobjective.multiobjective_train_step`, and
+``metrics.jsonl`` gets the per-objective ``loss_k``, ``accuracy_k``, ``grad_norm_k``
+and the aggregator's ``agg_weight_k`` / ``agg_coef_k`` / ``agg_cos_k``.
 
 Guarantees:
 
@@ -43,6 +50,7 @@ import yaml
 from flax import nnx
 
 from jaxalign.data import PreferenceBatch, build_preference_loader, make_tiny_preference_dataset
+from jaxalign.data.config import DataConfig
 from jaxalign.models import axis_rules, build_tiny_tokenizer, from_pretrained, load_tokenizer
 from jaxalign.parallel import (
     DEFAULT_RULES,
@@ -59,6 +67,7 @@ from jaxalign.train.metrics import (
     measure_matmul_peak,
     truncate_jsonl,
 )
+from jaxalign.train.multiobjective import multiobjective_train_step, uses_weights
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import (
     TrainState,
@@ -162,7 +171,8 @@ def _make_mesh(config: TrainConfig):
     return make_mesh(config.mesh)
 
 
-def _tokenizer_and_data(config: TrainConfig, out: Path):
+def _tokenizer_and_data(config: TrainConfig, out: Path) -> tuple[Any, list[DataConfig]]:
+    """The tokenizer and one data config per objective (one for the single-objective losses)."""
     pid = jax.process_index()
     if config.init.tokenizer:
         tokenizer = load_tokenizer(config.init.tokenizer)
@@ -174,13 +184,42 @@ def _tokenizer_and_data(config: TrainConfig, out: Path):
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     data = config.data
-    if not data.path:
-        tiny = config.tiny_data
+    multi = config.algorithm.name == "multiobjective_dpo"
+    if data.paths:
+        return tokenizer, [dataclasses.replace(data, path=p, paths=()) for p in data.paths]
+    if data.path:
+        return tokenizer, [data]
+    tiny = config.tiny_data
+    rules = tiny.objectives if multi else tiny.objectives[:1]
+    configs = []
+    for k, rule in enumerate(rules):
+        # The single-objective file keeps its historical name (tiny-p<pid>.jsonl).
+        name = f"tiny-{k}-{rule}-p{pid}.jsonl" if multi else f"tiny-p{pid}.jsonl"
         path = make_tiny_preference_dataset(
-            out / "data" / f"tiny-p{pid}.jsonl", tiny.num_rows, tiny.seed, num_words=tiny.num_words
+            out / "data" / name, tiny.num_rows, tiny.seed, num_words=tiny.num_words, rule=rule
         )
-        data = dataclasses.replace(data, path=str(path))
-    return tokenizer, data
+        configs.append(dataclasses.replace(data, path=str(path)))
+    return tokenizer, configs
+
+
+def _pad_length(batch: PreferenceBatch, length: int, pad_id: int) -> PreferenceBatch:
+    """Right-pads a batch's sequences to ``length`` (padding is masked: results unchanged)."""
+    extra = length - batch.chosen_input_ids.shape[1]
+    if extra == 0:
+        return batch
+
+    def pad(x, value):
+        return np.pad(x, ((0, 0), (0, extra)), constant_values=value)
+
+    return PreferenceBatch(
+        pad(batch.chosen_input_ids, pad_id),
+        pad(batch.chosen_attention_mask, 0),
+        pad(batch.chosen_loss_mask, 0),
+        pad(batch.rejected_input_ids, pad_id),
+        pad(batch.rejected_attention_mask, 0),
+        pad(batch.rejected_loss_mask, 0),
+        batch.example_mask,
+    )
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, float]:
@@ -188,7 +227,8 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Runs (or resumes) a preference-optimisation run (DPO, IPO or robust DPO; ``algorithm``).
+    """Runs (or resumes) a preference-optimisation run (``algorithm``: DPO, IPO, robust DPO
+    or multi-objective DPO).
 
     Args:
         config: the run; see :class:`jaxalign.train.TrainConfig`.
@@ -214,7 +254,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     mesh = _make_mesh(config)
     logical_rules = DEFAULT_RULES.replace(dict(config.sharding.rules))
     rules = logical_rules.as_pairs()
-    tokenizer, data_config = _tokenizer_and_data(config, out)
+    tokenizer, data_configs = _tokenizer_and_data(config, out)
+    data_config = data_configs[0]
+    multi = config.algorithm.name == "multiobjective_dpo"
 
     # Model: shape first, then shardings, then one jitted init.
     pretrained = None
@@ -259,26 +301,57 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
         _write_config(out, config, resumed_from)
 
     shard, count = data_shard_info(data_config.batch_size, mesh, logical_rules)
-    loader = build_preference_loader(
-        data_config, tokenizer, process_index=shard, process_count=count, state=loader_state
-    )
+    num_objectives = len(data_configs)
+    # A single-objective checkpoint stores one loader position, a multi-objective one a list.
+    if loader_state is None:
+        loader_states = [None] * num_objectives
+    else:
+        loader_states = loader_state if isinstance(loader_state, list) else [loader_state]
+        if isinstance(loader_state, list) != multi or len(loader_states) != num_objectives:
+            raise ValueError(
+                f"the checkpoint holds {len(loader_states)} data position(s) but the config "
+                f"reads {num_objectives} dataset(s); the data changed since the checkpoint"
+            )
+    loaders = [
+        build_preference_loader(
+            dc, tokenizer, process_index=shard, process_count=count, state=position
+        )
+        for dc, position in zip(data_configs, loader_states, strict=True)
+    ]
 
     # The step: jitted once per batch shape, with explicit shardings and donation.
     batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example)
     algo = config.algorithm
-    step_fn = functools.partial(
-        preference_train_step,
-        graphdef=graphdef,
-        tx=tx,
-        lr_schedule=lr_schedule,
-        algorithm=algo.name,
-        beta=algo.beta,
-        label_smoothing=algo.label_smoothing,
-        tau=algo.tau,
-        flip_rate=algo.flip_rate,
-        grad_accum_steps=config.optimizer.grad_accum_steps,
-        batch_sharding=sh.batch,
-    )
+    if multi:
+        weights = algo.objective_weights(num_objectives)
+        step_fn = functools.partial(
+            multiobjective_train_step,
+            graphdef=graphdef,
+            tx=tx,
+            lr_schedule=lr_schedule,
+            aggregator=algo.aggregator,
+            weights=np.asarray(weights, np.float32) if uses_weights(algo.aggregator) else None,
+            c=algo.radius,
+            beta=algo.beta,
+            label_smoothing=algo.label_smoothing,
+            grad_accum_steps=config.optimizer.grad_accum_steps,
+            batch_sharding=sh.batch,
+        )
+        batch_sh = (batch_sh,) * num_objectives
+    else:
+        step_fn = functools.partial(
+            preference_train_step,
+            graphdef=graphdef,
+            tx=tx,
+            lr_schedule=lr_schedule,
+            algorithm=algo.name,
+            beta=algo.beta,
+            label_smoothing=algo.label_smoothing,
+            tau=algo.tau,
+            flip_rate=algo.flip_rate,
+            grad_accum_steps=config.optimizer.grad_accum_steps,
+            batch_sharding=sh.batch,
+        )
     jitted = jax.jit(
         step_fn,
         in_shardings=(sh.state, sh.reference, batch_sh),
@@ -313,7 +386,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     def save(step: int, *, force: bool = False) -> None:
         if checkpointer is None:
             return
-        meta = {"step": step, "data": loader.state_dict(), "config": config_to_dict(config)}
+        positions = [loader.state_dict() for loader in loaders]
+        data = positions if multi else positions[0]
+        meta = {"step": step, "data": data, "config": config_to_dict(config)}
         checkpointer.save(step, state, meta, force=force)
 
     history: list[dict[str, Any]] = []
@@ -328,14 +403,28 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                     break
                 t0 = time.perf_counter()
                 try:
-                    local = next(loader)
+                    # All loaders advance together (the positions stay in step on resume).
+                    locals_ = [next(loader) for loader in loaders]
                 except StopIteration:
                     say(f"jaxalign: data exhausted after step {step} (data.num_epochs)")
                     break
+                if len(locals_) > 1:  # one length for the K batches (bucket padding)
+                    length = max(b.chosen_input_ids.shape[1] for b in locals_)
+                    locals_ = [
+                        _pad_length(b, length, loader.pad_id)
+                        for b, loader in zip(locals_, loaders, strict=True)
+                    ]
                 if config.debug.nan_at_step == step + 1:
                     # Fault injection on the host, so the compiled step is the usual one.
-                    local = local._replace(example_mask=np.full_like(local.example_mask, np.nan))
-                batch = shard_batch(local, mesh, logical_rules, logical_axes=("batch",))
+                    locals_ = [
+                        b._replace(example_mask=np.full_like(b.example_mask, np.nan))
+                        for b in locals_
+                    ]
+                batches = [
+                    shard_batch(b, mesh, logical_rules, logical_axes=("batch",)) for b in locals_
+                ]
+                batch = tuple(batches) if multi else batches[0]
+                local = locals_[0]
                 shape = tuple(local.chosen_input_ids.shape)
                 if shape not in compiled:
                     if compiled:
@@ -361,13 +450,14 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                     )
                 step += 1
                 length = shape[1]
-                flops = dpo_step_flops(model_config, data_config.batch_size, length)
+                pairs = num_objectives * data_config.batch_size  # K batches in a step
+                flops = dpo_step_flops(model_config, pairs, length)
                 record = {
                     "step": step,
                     **{k: v for k, v in metrics.items() if k != "finite"},
                     "step_time_s": dt,
                     "tokens_per_s": metrics["tokens"] / dt,
-                    "padded_tokens_per_s": 2 * data_config.batch_size * length / dt,
+                    "padded_tokens_per_s": 2 * pairs * length / dt,
                     "flops_per_s": flops / dt,
                     "mfu": flops / dt / peak_total,
                 }

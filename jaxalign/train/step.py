@@ -118,6 +118,73 @@ def _microbatch_sums(params, reference, batch: PreferenceBatch, *, graphdef, los
     return sums["loss"], sums
 
 
+def preference_gradient(
+    params: nnx.State,
+    reference: nnx.State,
+    batch: PreferenceBatch,
+    *,
+    graphdef: nnx.GraphDef,
+    algorithm: str = "dpo",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    tau: float = 0.1,
+    flip_rate: float = 0.0,
+    grad_accum_steps: int = 1,
+    batch_sharding: Any = None,
+) -> tuple[nnx.State, dict[str, jax.Array]]:
+    """Gradient of the batch-mean preference loss and the batch-mean metrics (steps 1-2).
+
+    The gradient of the sum over real pairs, accumulated over ``grad_accum_steps``
+    micro-batches, divided by the number of real pairs. Shared by
+    :func:`preference_train_step` and the multi-objective step
+    (:func:`jaxalign.train.multiobjective.multiobjective_train_step`), which maps it
+    over its objectives.
+
+    Returns:
+        ``(grads, metrics)``: a gradient shaped like ``params`` and the means of
+        ``loss``, ``accuracy``, ``margin``, … (the summed metrics of the module docstring).
+    """
+    k = grad_accum_steps
+    loss_fn = functools.partial(
+        _pair_losses,
+        algorithm,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        tau=tau,
+        flip_rate=flip_rate,
+    )
+    sums_fn = functools.partial(_microbatch_sums, graphdef=graphdef, loss_fn=loss_fn)
+    grad_fn = jax.grad(sums_fn, has_aux=True)
+
+    if k == 1:
+        grads, sums = grad_fn(params, reference, batch)
+    else:
+
+        def split(x):
+            x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+            return x
+
+        micro = jax.tree.map(split, batch)
+
+        def body(carry, mb):
+            if batch_sharding is not None:
+                mb = jax.tree.map(
+                    lambda x: jax.lax.with_sharding_constraint(
+                        x, batch_sharding if x.ndim == 2 else _drop_last(batch_sharding)
+                    ),
+                    mb,
+                )
+            g, s = grad_fn(params, reference, mb)
+            return jax.tree.map(jnp.add, carry, (g, s)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, (params, _zero_sums()))
+        (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+
+    count = jnp.maximum(jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
+    grads = jax.tree.map(lambda g: g / count, grads)
+    return grads, {name: sums[name] / count for name in _SUMMED}
+
+
 def preference_train_step(
     state: TrainState,
     reference: nnx.State,
@@ -159,45 +226,19 @@ def preference_train_step(
     """
     if algorithm not in LOSSES:
         raise ValueError(f"algorithm must be one of {LOSSES}, got {algorithm!r}")
-    k = grad_accum_steps
-    loss_fn = functools.partial(
-        _pair_losses,
-        algorithm,
+    grads, metrics = preference_gradient(
+        state.params,
+        reference,
+        batch,
+        graphdef=graphdef,
+        algorithm=algorithm,
         beta=beta,
         label_smoothing=label_smoothing,
         tau=tau,
         flip_rate=flip_rate,
+        grad_accum_steps=grad_accum_steps,
+        batch_sharding=batch_sharding,
     )
-    sums_fn = functools.partial(_microbatch_sums, graphdef=graphdef, loss_fn=loss_fn)
-    grad_fn = jax.grad(sums_fn, has_aux=True)
-
-    if k == 1:
-        grads, sums = grad_fn(state.params, reference, batch)
-    else:
-
-        def split(x):
-            x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-            return x
-
-        micro = jax.tree.map(split, batch)
-
-        def body(carry, mb):
-            if batch_sharding is not None:
-                mb = jax.tree.map(
-                    lambda x: jax.lax.with_sharding_constraint(
-                        x, batch_sharding if x.ndim == 2 else _drop_last(batch_sharding)
-                    ),
-                    mb,
-                )
-            g, s = grad_fn(state.params, reference, mb)
-            return jax.tree.map(jnp.add, carry, (g, s)), None
-
-        zeros = jax.tree.map(jnp.zeros_like, (state.params, _zero_sums()))
-        (grads, sums), _ = jax.lax.scan(body, zeros, micro)
-
-    count = jnp.maximum(jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
-    grads = jax.tree.map(lambda g: g / count, grads)
-    metrics = {name: sums[name] / count for name in _SUMMED}
     next_step = state.step + 1
 
     grad_norm = optax.tree.norm(grads)
@@ -257,4 +298,4 @@ def _drop_last(sharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[:1]))
 
 
-__all__ = ["LOSSES", "dpo_train_step", "preference_train_step"]
+__all__ = ["LOSSES", "dpo_train_step", "preference_gradient", "preference_train_step"]

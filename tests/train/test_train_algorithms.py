@@ -190,7 +190,10 @@ def test_train_with_ipo_and_robust_dpo_lowers_the_loss(tmp_path, make_config, ov
         ("algorithm.name=ipo algorithm.tau=0", r"algorithm: tau=0\.0 is invalid; expected > 0"),
         ("algorithm.name=robust_dpo algorithm.flip_rate=0.5", r"flip_rate=0\.5 is invalid"),
         ("algorithm.name=robust_dpo algorithm.flip_rate=-0.1", r"flip_rate=-0\.1 is invalid"),
-        ("algorithm.name=ipoo", r"not one of \['dpo', 'ipo', 'robust_dpo'\].*did you mean 'ipo'"),
+        (
+            "algorithm.name=ipoo",
+            r"not one of \['dpo', 'ipo', 'robust_dpo', 'multiobjective_dpo'\].*did you mean 'ipo'",
+        ),
         ("algorithm.name=robust-dpo", r"did you mean 'robust_dpo'"),
         ("algorithm.taus=0.2", r"'algorithm\.taus' \(value 0\.2\); did you mean 'tau'"),
         ("algorithm.flip=0.2", r"did you mean 'flip_rate'"),

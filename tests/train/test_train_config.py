@@ -38,7 +38,8 @@ def test_unknown_key_names_the_key_the_value_and_the_nearest_key():
         ("algorithm.beta=0", r"algorithm: beta=0\.0 is invalid; expected > 0"),
         (
             "algorithm.name=dpp",
-            r"not one of \['dpo', 'ipo', 'robust_dpo'\] \(did you mean 'dpo'\?\)",
+            r"not one of \['dpo', 'ipo', 'robust_dpo', 'multiobjective_dpo'\] "
+            r"\(did you mean 'dpo'\?\)",
         ),
         ("schedule.kind=cosin", r"did you mean 'cosine'"),
         ("optimizer.grad_accum_steps=3", r"batch_size=16 must be divisible"),
@@ -65,7 +66,7 @@ def test_saved_config_round_trips(tmp_path, make_config):
 
 
 def test_cli_train_runs_then_refuses_to_overwrite_then_resumes(tmp_path, capsys):
-    from conftest import tiny_overrides
+    from tiny_models import tiny_overrides
 
     run = tmp_path / "run"
     args = ["train", str(DEFAULT), *tiny_overrides(run, "run.steps=2")]

@@ -19,7 +19,7 @@ def _run(make_config, path, *extra):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    from conftest import tiny_config
+    from tiny_models import tiny_config
 
     return _run(tiny_config, tmp_path_factory.mktemp("single"))
 
