@@ -70,8 +70,11 @@ def _tol(x) -> float:
     return _TOL.get(np.dtype(x.dtype), 1e-5)
 
 
-def check_game(game: PreferenceGame, name: str = "game") -> jax.Array:
-    """Validates a two-player game; returns its preference matrix (shape checks always run)."""
+def check_game(game: PreferenceGame, name: str = "game", *, tol: float | None = None) -> jax.Array:
+    """Validates a two-player game; returns its preference matrix (shape checks always run).
+
+    ``tol``: allowed violation of 0 ≤ P ≤ 1 and P + Pᵀ = 1 (default: from the dtype).
+    """
     if not isinstance(game, PreferenceGame):
         raise ValueError(f"{name} must be a PreferenceGame, got {type(game).__name__}")
     p = _checks.as_float_array(f"{name}.preference", game.preference, ndim=2)
@@ -81,7 +84,7 @@ def check_game(game: PreferenceGame, name: str = "game") -> jax.Array:
         )
     if _checks.is_concrete(p):
         a = np.asarray(p, dtype=np.float64)
-        tol = _tol(p)
+        tol = _tol(p) if tol is None else tol
         if not np.isfinite(a).all() or a.min() < -tol or a.max() > 1 + tol:
             raise ValueError(
                 f"{name}.preference entries must lie in [0, 1]; found min {a.min():.6g}, "
@@ -91,8 +94,8 @@ def check_game(game: PreferenceGame, name: str = "game") -> jax.Array:
         if err.max() > tol:
             i, j = np.unravel_index(np.argmax(err), err.shape)
             raise ValueError(
-                f"{name}.preference must satisfy P + Pᵀ = 1; P[{i},{j}] + P[{j},{i}] = "
-                f"{a[i, j] + a[j, i]:.6g} (tolerance {tol})"
+                f"{name}.preference must satisfy P + Pᵀ = 1, i.e. P(a≻b) + P(b≻a) must be 1; "
+                f"P[{i},{j}] + P[{j},{i}] = {a[i, j] + a[j, i]:.6g} (tolerance {tol})"
             )
     return p
 

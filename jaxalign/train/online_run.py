@@ -590,17 +590,8 @@ def _pg_prompts_run(config, pc, mesh, rules, key_model, out):
 
     with jax.set_mesh(mesh), axis_rules(rules):
         rm = reward_model_from_pretrained(config.oracle.path, mesh=mesh, rules=rules)
-    eos = tokenizer.eos_token_id
-    trainer = PolicyGradientTrainer(
-        model,
-        pc,
-        prompts=prompts,
-        reward_fn=reward_model_fn(rm),
-        eos_token_id=() if eos is None else int(eos),
-        pad_token_id=int(prompts.pad_token_id),
-        mesh=mesh,
-        rules=rules,
-    )
+    sampler = _sampler_kwargs(tokenizer, prompts, mesh, rules)
+    trainer = PolicyGradientTrainer(model, pc, reward_fn=reward_model_fn(rm), **sampler)
 
     def summarise(history):
         return {
@@ -627,6 +618,18 @@ def _tokenizer(config, out: Path):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+
+
+def _sampler_kwargs(tokenizer, prompts, mesh, rules) -> dict[str, Any]:
+    """Prompts, stop/pad tokens and placement shared by the prompts-mode trainers."""
+    eos = tokenizer.eos_token_id
+    return dict(
+        prompts=prompts,
+        eos_token_id=() if eos is None else int(eos),
+        pad_token_id=int(prompts.pad_token_id),
+        mesh=mesh,
+        rules=rules,
+    )
 
 
 def _prompts_policy(config, mesh, rules, key_model, out: Path):
@@ -662,17 +665,8 @@ def _prompts_policy(config, mesh, rules, key_model, out: Path):
 
 def _prompts_run(config, oc, mesh, rules, key_model, out: Path):
     tokenizer, prompts, model = _prompts_policy(config, mesh, rules, key_model, out)
-    eos = tokenizer.eos_token_id
-    trainer = OnlineTrainer(
-        model,
-        oc,
-        prompts=prompts,
-        oracle=_oracle(config, mesh, rules),
-        eos_token_id=() if eos is None else int(eos),
-        pad_token_id=int(prompts.pad_token_id),
-        mesh=mesh,
-        rules=rules,
-    )
+    sampler = _sampler_kwargs(tokenizer, prompts, mesh, rules)
+    trainer = OnlineTrainer(model, oc, oracle=_oracle(config, mesh, rules), **sampler)
 
     def summarise(history):
         summary = {

@@ -53,6 +53,7 @@ from jaxtyping import Array, Float, Int
 from jaxalign import _checks
 from jaxalign.data import testbed as tb
 from jaxalign.games import PreferenceGame
+from jaxalign.games.game import check_game
 from jaxalign.models.heads import (
     PreferenceModel,
     RewardModel,
@@ -536,26 +537,13 @@ def enumerated_game(
             raise ValueError(f"oracle returned shape {out.shape}, expected ({size},)")
         chunks.append(out[: min(size, total - start)])
     p = np.concatenate(chunks).reshape(n, n)
-    if not np.isfinite(p).all() or p.min() < -tolerance or p.max() > 1 + tolerance:
+    try:  # P + Pᵀ = 1 also forces the diagonal to ½
+        check_game(PreferenceGame(jnp.asarray(p)), "the oracle's game", tol=tolerance)
+    except ValueError as e:
         raise ValueError(
-            f"oracle is not a preference: entries must lie in [0, 1], found min "
-            f"{np.nanmin(p):.6g}, max {np.nanmax(p):.6g} (non-finite: {(~np.isfinite(p)).sum()})"
-        )
-    err = np.abs(p + p.T - 1.0)
-    if err.max() > tolerance:
-        i, j = np.unravel_index(np.argmax(err), err.shape)
-        raise ValueError(
-            f"oracle is not a preference: P(a≻b) + P(b≻a) must be 1, but for responses "
-            f"{i} and {j} it is {p[i, j] + p[j, i]:.6g} (tolerance {tolerance}); use a soft "
-            "(sample=False) oracle whose probability is antisymmetric"
-        )
-    diag = np.abs(np.diag(p) - 0.5)
-    if diag.max() > tolerance:
-        i = int(np.argmax(diag))
-        raise ValueError(
-            f"oracle is not a preference: P(a≻a) must be 1/2, got {p[i, i]:.6g} for "
-            f"response {i} (tolerance {tolerance})"
-        )
+            f"oracle is not a preference: {e}; use a soft (sample=False) oracle whose "
+            "probability is antisymmetric"
+        ) from e
     skew = np.clip(0.5 * (p + 1.0 - p.T), 0.0, 1.0)
     return PreferenceGame(jnp.asarray(skew, jnp.result_type(float)))
 
