@@ -28,6 +28,11 @@ from jaxalign.data.loader import (
     pad_token_id,
     process_slice,
 )
+from jaxalign.data.packing import (
+    PackedPreferenceBatch,
+    pack_preference_pairs,
+    packed_rows_needed,
+)
 from jaxalign.data.preference import (
     MalformedRowError,
     PreferenceRow,
@@ -63,6 +68,7 @@ __all__ = [
     "DataConfig",
     "LoaderState",
     "MalformedRowError",
+    "PackedPreferenceBatch",
     "PreferenceBatch",
     "PreferenceDataset",
     "PreferenceLoader",
@@ -80,6 +86,8 @@ __all__ = [
     "load_prompt_dataset",
     "local_prompt_batch",
     "make_tiny_preference_dataset",
+    "pack_preference_pairs",
+    "packed_rows_needed",
     "pad_token_id",
     "parse_preference_row",
     "parse_prompt_row",

@@ -29,6 +29,9 @@ class DataConfig:
     use_chat_template: bool = True  # for message rows, if the tokenizer has a template
     add_eos: bool = True  # append EOS to plain-text responses
     num_epochs: int | None = None  # stop after this many epochs; None = cycle forever
+    # Pack the 2B sequences of a batch end to end into rows of max_length tokens (no compute
+    # on padding; attention and positions reset per sequence); see jaxalign.data.packing.
+    packing: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "max_length", "max_prompt_length"):
@@ -59,6 +62,11 @@ class DataConfig:
                 f"num_epochs must be a positive integer or None, got {self.num_epochs}"
             )
         object.__setattr__(self, "bucket_sizes", buckets)
+        if self.packing and self.padding != "max_length":
+            raise ValueError(
+                "packing=True fills rows of max_length tokens; padding must be 'max_length' "
+                f"(got {self.padding!r})"
+            )
 
     def resolved_bucket_sizes(self) -> tuple[int, ...]:
         """Allowed sequence lengths: ``(max_length,)`` or the buckets (default powers of 2)."""

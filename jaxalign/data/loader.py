@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxalign.data.config import DataConfig
+from jaxalign.data.packing import PackedPreferenceBatch, pack_preference_pairs, packed_rows_needed
 from jaxalign.data.preference import MalformedRowError, read_preference_rows
 from jaxalign.data.tokenize import TokenizedPair, tokenize_preference_row
 
@@ -44,6 +45,9 @@ class PreferenceBatch(NamedTuple):
     rejected_attention_mask: np.ndarray  # (B, L) int32
     rejected_loss_mask: np.ndarray  # (B, L) float32
     example_mask: np.ndarray  # (B,) float32, 0 for filler rows of a partial last batch
+    # log π_ref of each response when precomputed (the step then skips the reference).
+    reference_chosen_logp: np.ndarray | None = None  # (B,) float32
+    reference_rejected_logp: np.ndarray | None = None  # (B,) float32
 
 
 class LoaderState(NamedTuple):
@@ -266,6 +270,10 @@ class PreferenceLoader:
         process_count: int = 1,
         num_epochs: int | None = None,
         state: LoaderState | Mapping[str, Any] | None = None,
+        packing: bool = False,
+        micro_batches: int = 1,
+        row_multiple: int = 1,
+        reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -293,9 +301,31 @@ class PreferenceLoader:
         self.process_index = process_index
         self.process_count = process_count
         self.num_epochs = num_epochs
+        self.packing = packing
+        self.micro_batches = int(micro_batches)
+        self.row_multiple = int(row_multiple)
+        if batch_size % self.micro_batches:
+            raise ValueError(
+                f"batch_size={batch_size} is not divisible into micro_batches={micro_batches}"
+            )
+        self.reference_logps = None
+        if reference_logps is not None:
+            self.attach_reference_logps(*reference_logps)
         self._state = LoaderState(0, 0, int(seed))
         if state is not None:
             self.restore(state)
+
+    def attach_reference_logps(self, chosen: np.ndarray, rejected: np.ndarray) -> None:
+        """Per-row log π_ref(chosen), log π_ref(rejected) (dataset order) to attach to every
+        batch (``PreferenceBatch.reference_*``), so the step skips the reference model."""
+        chosen, rejected = np.asarray(chosen, np.float32), np.asarray(rejected, np.float32)
+        n = len(self.dataset)
+        if chosen.shape != (n,) or rejected.shape != (n,):
+            raise ValueError(
+                f"reference log-probs of shapes {chosen.shape}/{rejected.shape} do not match "
+                f"the dataset's {n} rows"
+            )
+        self.reference_logps = (chosen, rejected)
 
     @classmethod
     def from_config(
@@ -307,6 +337,8 @@ class PreferenceLoader:
         process_index: int = 0,
         process_count: int = 1,
         state: LoaderState | Mapping[str, Any] | None = None,
+        micro_batches: int = 1,
+        row_multiple: int = 1,
     ) -> PreferenceLoader:
         return cls(
             dataset,
@@ -320,6 +352,9 @@ class PreferenceLoader:
             process_count=process_count,
             num_epochs=config.num_epochs,
             state=state,
+            packing=config.packing,
+            micro_batches=micro_batches,
+            row_multiple=row_multiple,
         )
 
     # -- position -----------------------------------------------------------------
@@ -394,18 +429,51 @@ class PreferenceLoader:
             raise StopIteration
         rows, num_real = self.global_batch_indices(state)
         pairs = [self.dataset[int(i)] for i in rows]
-        # One length for the whole global batch so every process agrees on shapes.
-        longest = max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs)
-        length = bucket_length(longest, self.bucket_sizes)
         weights = (np.arange(self.batch_size) < num_real).astype(np.float32)
         local = self._local
-        batch = collate_preference_batch(
-            pairs[local], length, pad_id=self.pad_id, example_mask=weights[local]
-        )
+        if self.packing:
+            batch = self._pack(pairs, weights)
+        else:
+            # One length for the whole global batch so every process agrees on shapes.
+            longest = max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs)
+            length = bucket_length(longest, self.bucket_sizes)
+            batch = collate_preference_batch(
+                pairs[local], length, pad_id=self.pad_id, example_mask=weights[local]
+            )
+        if self.reference_logps is not None:
+            chosen, rejected = self.reference_logps
+            mine = rows[local]
+            batch = batch._replace(
+                reference_chosen_logp=chosen[mine], reference_rejected_logp=rejected[mine]
+            )
         self._state = self._roll_over(
             LoaderState(state.epoch, state.index + self.batch_size, state.seed)
         )
         return batch
+
+    def _pack(self, pairs, weights) -> PackedPreferenceBatch:
+        """This process's pairs packed into as many rows per micro-batch as the fullest
+        process needs (every process computes them all, so shapes agree without talking),
+        rounded up to ``row_multiple``."""
+        width, k = self.bucket_sizes[-1], self.micro_batches
+        slices = [process_slice(self.batch_size, p, self.process_count)
+                  for p in range(self.process_count)]  # fmt: skip
+        need = max(
+            packed_rows_needed(pairs[s], width, micro_batches=k, pair_offset=s.start)
+            for s in slices
+        )
+        rows = -(-need // self.row_multiple) * self.row_multiple
+        local = self._local
+        return pack_preference_pairs(
+            pairs[local],
+            width,
+            pad_id=self.pad_id,
+            example_mask=weights[local],
+            micro_batches=k,
+            rows=rows,
+            pair_offset=local.start,
+            global_pairs=self.batch_size,
+        )
 
 
 def build_preference_loader(
@@ -416,11 +484,16 @@ def build_preference_loader(
     process_count: int = 1,
     state: LoaderState | Mapping[str, Any] | None = None,
     dataset: PreferenceDataset | None = None,
+    micro_batches: int = 1,
+    row_multiple: int = 1,
 ) -> PreferenceLoader:
     """Loads (unless ``dataset`` is given) and wraps a dataset in a loader per ``config``.
 
     For multi-host runs pass the data shard of this process, e.g.
-    ``jaxalign.parallel.data_shard_info(config.batch_size, mesh)``.
+    ``jaxalign.parallel.data_shard_info(config.batch_size, mesh)``. With
+    ``config.packing``, batches are :class:`~jaxalign.data.PackedPreferenceBatch` es whose
+    rows per micro-batch (``micro_batches`` = gradient-accumulation steps) are a multiple
+    of ``row_multiple`` (this process's share of the batch shards).
     """
     dataset = load_preference_dataset(config, tokenizer) if dataset is None else dataset
     return PreferenceLoader.from_config(
@@ -430,6 +503,8 @@ def build_preference_loader(
         process_index=process_index,
         process_count=process_count,
         state=state,
+        micro_batches=micro_batches,
+        row_multiple=row_multiple,
     )
 
 

@@ -19,6 +19,10 @@ import numpy as np
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _DTYPES = ("float32", "bfloat16", "float16")
+#: Remat policies of the scanned layers (see :func:`jaxalign.models.layers.remat_policy`).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj", "save_attention", "offload")
+#: Attention kernels (see :func:`jaxalign.models.layers.attend`).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 _ARCHITECTURES = {
     "llama": ("LlamaForCausalLM", "LlamaForSequenceClassification"),
@@ -83,6 +87,17 @@ class ModelConfig:
     eos_token_id: tuple[int, ...] = ()
     # Padding id; HF sequence classifiers need it to find the last real token.
     pad_token_id: int | None = None
+    # --- How to compute (not part of the architecture; never written to HF config.json).
+    # Rematerialisation of the scanned decoder layers in the backward pass: "none",
+    # "full", "save_dots", "save_qkv_proj", "save_attention" or "offload" (GPU/TPU);
+    # see jaxalign.models.layers.remat_policy.
+    remat: str = "none"
+    # Attention kernel: "auto" (cuDNN flash attention on GPU when possible, else XLA),
+    # "xla" or "cudnn".
+    attention: str = "auto"
+    # Sequence positions per chunk when log-probs are computed from hidden states, so
+    # the (batch, length, vocab) float32 logits never exist at once (0: one chunk).
+    logprob_chunk_size: int = 256
 
     def __post_init__(self):
         def bad(field, value, expected):
@@ -118,6 +133,12 @@ class ModelConfig:
                 self.rope_high_freq_factor,
                 f"> rope_low_freq_factor={self.rope_low_freq_factor} > 0 for llama3 RoPE",
             )
+        if self.remat not in REMAT_POLICIES:
+            bad("remat", self.remat, f"one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            bad("attention", self.attention, f"one of {ATTENTION_IMPLEMENTATIONS}")
+        if not isinstance(self.logprob_chunk_size, int | np.integer) or self.logprob_chunk_size < 0:
+            bad("logprob_chunk_size", self.logprob_chunk_size, "an integer >= 0 (0: one chunk)")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 bad(name, getattr(self, name), f"one of {_DTYPES}")

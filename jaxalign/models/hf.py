@@ -60,6 +60,9 @@ class TensorSpec:
     names: tuple[str | None, ...] | None  # logical axis names
     groups: tuple[tuple[int, ...], ...]  # HF axis → the sizes of the axes it splits into
     perm: tuple[int, ...]  # our axis j = reshaped axis perm[j]
+    # For a stacked (scanned) layer parameter: the layer this HF tensor is; ``shape`` and
+    # ``names`` are then those of one layer's slice (without the leading layer axis).
+    layer: int | None = None
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
@@ -105,9 +108,17 @@ def _hf_name(path: tuple[Any, ...]) -> str:
     return ".".join([*module, suffix])
 
 
-def _spec(path: tuple[Any, ...], variable: nnx.Variable) -> TensorSpec:
-    shape = tuple(variable.get_value().shape)
+def _spec(
+    path: tuple[Any, ...],
+    shape: tuple[int, ...],
+    names: tuple[str | None, ...] | None,
+    layer: int | None = None,
+) -> TensorSpec:
     leaf = path[-1]
+    hf_path = path
+    if layer is not None:  # model.layers.<layer>.…: the HF name of one stacked slice
+        at = path.index("layers") + 1
+        hf_path = (*path[:at], layer, *path[at:])
     if leaf == "kernel":
         n_in = 2 if path[-2] == "o_proj" else 1
         ins, outs = shape[:n_in], shape[n_in:]
@@ -120,18 +131,38 @@ def _spec(path: tuple[Any, ...], variable: nnx.Variable) -> TensorSpec:
         groups, perm = tuple((s,) for s in shape), tuple(range(len(shape)))
     return TensorSpec(
         path=tuple(path),
-        hf_name=_hf_name(path),
+        hf_name=_hf_name(hf_path),
         shape=shape,
-        names=variable_names(variable),
+        names=names,
         groups=tuple(tuple(g) for g in groups),
         perm=perm,
+        layer=layer,
     )
 
 
+def _is_stacked(names: tuple[str | None, ...] | None) -> bool:
+    return bool(names) and names[0] == "layers"
+
+
+def _variable_specs(path: tuple[Any, ...], variable: nnx.Variable) -> list[TensorSpec]:
+    """The HF tensor(s) of one parameter: one per layer for a stacked layer parameter."""
+    shape = tuple(variable.get_value().shape)
+    names = variable_names(variable)
+    if not _is_stacked(names):
+        return [_spec(tuple(path), shape, names)]
+    return [_spec(tuple(path), shape[1:], names[1:], layer) for layer in range(shape[0])]
+
+
 def tensor_specs(model_or_state) -> list[TensorSpec]:
-    """The HF tensor for every parameter of a model (or of an abstract/concrete state)."""
+    """The HF tensor for every parameter of a model (or of an abstract/concrete state).
+
+    A stacked layer parameter (leading ``layers`` axis) maps to one HF tensor per layer
+    (``model.layers.<i>.…``).
+    """
     state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
-    return [_spec(tuple(path), var) for path, var in nnx.to_flat_state(state)]
+    return [
+        spec for path, var in nnx.to_flat_state(state) for spec in _variable_specs(tuple(path), var)
+    ]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -226,6 +257,7 @@ def load_pretrained(
     fresh: Callable[[str], bool] | None = None,
     key: jax.Array | None = None,
     ignore: Callable[[str], bool] = lambda name: False,
+    config_overrides: dict[str, Any] | None = None,
     **kwargs,
 ):
     """Builds ``cls(config, **kwargs)`` from an HF directory (see :func:`from_pretrained`).
@@ -239,12 +271,14 @@ def load_pretrained(
         read_hf_config(path),
         dtype=dtype_name,
         param_dtype=_dtype_name(param_dtype) or dtype_name,
+        **(config_overrides or {}),
     )
     rules = DEFAULT_RULES if rules is None else tuple(rules)
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kwargs))
     graphdef, state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(state))
-    specs = [_spec(tuple(p), v) for p, v in flat]
+    per_variable = [_variable_specs(tuple(p), v) for p, v in flat]
+    specs = [spec for group in per_variable for spec in group]
     with _Checkpoint(path) as ckpt:
         absent = {s.hf_name for s in specs if s.hf_name not in ckpt.tensors}
         fresh_names = {n for n in absent if fresh is not None and fresh(n)}
@@ -254,27 +288,49 @@ def load_pretrained(
             init_state = nnx.state(cls.create(config, key=key, mesh=mesh, rules=rules, **kwargs))
             init_flat = dict(nnx.to_flat_state(init_state))
         _check([s for s in specs if s.hf_name not in fresh_names], ckpt, ignore)
-        for spec, (_, variable) in zip(specs, flat):
-            if spec.hf_name in fresh_names:
-                variable.set_value(init_flat[spec.path].get_value())
+        for group, (var_path, variable) in zip(per_variable, flat):
+            if any(spec.hf_name in fresh_names for spec in group):
+                variable.set_value(init_flat[tuple(var_path)].get_value())
                 continue
-            tensor = ckpt.tensors[spec.hf_name]
-            target = np.dtype(variable.get_value().dtype)
+            value = variable.get_value()
+            target = np.dtype(value.dtype)
+            shape = tuple(value.shape)
             if mesh is None:
                 sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             else:
-                names = spec.names or (None,) * len(spec.shape)
-                sharding = logical_sharding(names, mesh, rules, shape=spec.shape)
-            cache: dict[tuple, np.ndarray] = {}
-
-            def read(index, spec=spec, tensor=tensor, target=target, cache=cache):
-                bounds = tuple(sl.indices(n)[:2] for sl, n in zip(index, spec.shape))
-                if bounds not in cache:  # replicated shards are read once
-                    cache[bounds] = spec.read(tensor, index, target)
-                return cache[bounds]
-
-            variable.set_value(jax.make_array_from_callback(spec.shape, sharding, read))
+                names = variable_names(variable) or (None,) * len(shape)
+                sharding = logical_sharding(names, mesh, rules, shape=shape)
+            read = _shard_reader(group, ckpt, shape, target)
+            variable.set_value(jax.make_array_from_callback(shape, sharding, read))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _shard_reader(
+    group: Sequence[TensorSpec], ckpt: _Checkpoint, shape: tuple[int, ...], target
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """Callback for ``jax.make_array_from_callback``: one shard of a parameter, read from
+    its HF tensor (or, for a stacked parameter, from the per-layer tensors it spans)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        bounds = tuple(sl.indices(n)[:2] for sl, n in zip(index, shape))
+        if bounds in cache:  # replicated shards are read once
+            return cache[bounds]
+        if group[0].layer is None:
+            spec = group[0]
+            out = spec.read(ckpt.tensors[spec.hf_name], index, target)
+        else:
+            start, stop = bounds[0]
+            out = np.stack(
+                [
+                    group[i].read(ckpt.tensors[group[i].hf_name], index[1:], target)
+                    for i in range(start, stop)
+                ]
+            )
+        cache[bounds] = out
+        return out
+
+    return read
 
 
 def from_pretrained(
@@ -284,6 +340,7 @@ def from_pretrained(
     param_dtype=None,
     mesh: jax.sharding.Mesh | None = None,
     rules: LogicalRules | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ):
     """Loads a local HF ``*ForCausalLM`` directory (Llama, Qwen2, Qwen3) as a :class:`CausalLM`.
 
@@ -295,6 +352,8 @@ def from_pretrained(
         tensors (e.g. bf16) are cast to it.
       mesh: when given, each parameter is created directly in its target sharding
         (``rules`` maps logical names to mesh axes; default ``DEFAULT_RULES``).
+      config_overrides: :class:`ModelConfig` fields that are not part of the checkpoint,
+        e.g. ``{"remat": "full", "attention": "cudnn", "logprob_chunk_size": 128}``.
 
     Raises:
       ValueError: unsupported ``model_type``/options, missing or unexpected tensors,
@@ -313,6 +372,7 @@ def from_pretrained(
         mesh=mesh,
         rules=rules,
         ignore=lambda name: tied and name == "lm_head.weight",
+        config_overrides=config_overrides,
     )
 
 
@@ -354,8 +414,9 @@ def save_pretrained(
     state = nnx.state(model, nnx.Param)
     tensors: dict[str, np.ndarray] = {}
     for path_parts, variable in nnx.to_flat_state(state):
-        spec = _spec(tuple(path_parts), variable)
-        tensors[spec.hf_name] = spec.to_hf(_host(variable.get_value()))
+        value = _host(variable.get_value())
+        for spec in _variable_specs(tuple(path_parts), variable):
+            tensors[spec.hf_name] = spec.to_hf(value if spec.layer is None else value[spec.layer])
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for name in sorted(tensors):

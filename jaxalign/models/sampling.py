@@ -167,16 +167,13 @@ def _generate(
         :, None, :
     ]
     prefill_args = (prompts, positions_from_mask(mask), prefill_mask)
-    zero_index = jnp.zeros((), jnp.int32)
-    logits, cache = model.decode_step(*prefill_args, cache, zero_index)
+    # Prefill: the prompts' keys/values, and logits at the last position only.
+    logits, cache = model.prefill(*prefill_args, cache)
     ref_logits = ref_cache = None
     if mixing:
-        ref_logits, ref_cache = ref_model.decode_step(
-            *prefill_args, ref_model.init_cache(b, s), zero_index
-        )
-        ref_logits = ref_logits[:, -1]
+        ref_logits, ref_cache = ref_model.prefill(*prefill_args, ref_model.init_cache(b, s))
     first, first_lp, first_slp, first_rlp = _sample(
-        logits[:, -1], ref_logits, mix, jax.random.fold_in(key, 0), temperature, top_p
+        logits, ref_logits, mix, jax.random.fold_in(key, 0), temperature, top_p
     )
     is_eos = lambda tok: jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
     zeros_f = jnp.zeros((b, n), jnp.float32)

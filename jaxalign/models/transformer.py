@@ -19,7 +19,7 @@ which initialises the sharded parameters directly with one jitted call.
 from __future__ import annotations
 
 import functools
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +30,24 @@ from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import (
     DecoderLayer,
     Dense,
-    LayerCache,
     RMSNorm,
     draw_normal_params,
     param,
+    remat_policy,
     rope_tables,
 )
+from jaxalign.models.logprobs import chunked_token_logprobs, project_logits, vocab_parallel
 from jaxalign.models.sharding import DEFAULT_RULES, LogicalRules, axis_rules, constrain
 from jaxalign.models.sharding import state_shardings as _state_shardings
 
-KVCache = tuple[LayerCache, ...]
+
+class KVCache(NamedTuple):
+    """Keys and values of all layers, stacked: each (layers, batch, slots, kv_heads, head_dim)."""
+
+    keys: jax.Array
+    values: jax.Array
+
+
 M = TypeVar("M", bound="Constructible")
 
 
@@ -59,6 +67,30 @@ def causal_padding_mask(
     length = valid.shape[-1]
     causal = jnp.tril(jnp.ones((length, length), bool))
     return causal[None] & valid[:, None, :]
+
+
+def positions_from_segments(segment_ids: Int[Array, "b l"]) -> Int[Array, "b l"]:
+    """Position ids restarting at 0 at the first token of every packed segment."""
+    seg = jnp.asarray(segment_ids)
+    index = jnp.broadcast_to(jnp.arange(seg.shape[-1], dtype=jnp.int32), seg.shape)
+    starts = jnp.concatenate(
+        [jnp.ones((*seg.shape[:-1], 1), bool), seg[..., 1:] != seg[..., :-1]], axis=-1
+    )
+    start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=seg.ndim - 1)
+    return index - start_index
+
+
+def segment_causal_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
+    """mask[b, i, j] = (j <= i) and tokens i, j are in the same segment, segment id > 0.
+
+    Several sequences packed into one row (segment ids 1, 2, ...; 0 = padding) then
+    attend only within themselves, exactly as if each had its own row.
+    """
+    seg = jnp.asarray(segment_ids)
+    length = seg.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    return causal[None] & same
 
 
 def _default_mask(tokens: jax.Array, attention_mask) -> jax.Array:
@@ -121,7 +153,8 @@ class Transformer(Constructible):
         self.embed_tokens = param(
             (config.vocab_size, config.hidden_size), ("vocab", "embed"), config
         )
-        self.layers = nnx.List([DecoderLayer(config) for _ in range(config.num_layers)])
+        # All decoder layers as one stacked module (leading "layers" axis), run by a scan.
+        self.layers = DecoderLayer(config, stack=config.num_layers)
         self.norm = RMSNorm(config.hidden_size, config)
         self.inv_freq = tuple(float(f) for f in config.rope_inv_freq())
         if rngs is not None:  # None: the enclosing model draws all weights at once
@@ -135,35 +168,81 @@ class Transformer(Constructible):
         cache: KVCache | None = None,
         cache_index: Int[Array, ""] | None = None,
     ) -> tuple[Float[Array, "b t e"], KVCache | None]:
-        """Final normalised hidden states; with ``cache``, new keys/values go to ``cache_index``."""
-        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.config.compute_dtype)
+        """Final normalised hidden states; with ``cache``, new keys/values go to ``cache_index``.
+
+        The layers run as one ``jax.lax.scan`` over the stacked parameters (compile time
+        does not grow with depth), each step rematerialised per ``config.remat``.
+        """
+        # Vocabulary-parallel lookup in the compute dtype: the table is never all-gathered.
+        table = vocab_parallel(self.embed_tokens[...].astype(self.config.compute_dtype), True)
+        x = jnp.take(table, tokens, axis=0)
         x = constrain(x, ("batch", "length", "act_embed"))
         rope = rope_tables(positions, jnp.asarray(self.inv_freq, jnp.float32))
-        new_cache = []
-        for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, rope, mask, None if cache is None else cache[i], cache_index)
-            new_cache.append(layer_cache)
-        return self.norm(x), (None if cache is None else tuple(new_cache))
+        graphdef, stacked = nnx.split(self.layers)
+        remat, policy = remat_policy(self.config.remat)
+
+        if cache is None:
+
+            def body(x, params):
+                return nnx.merge(graphdef, params)(x, rope, mask)[0], None
+
+            if remat:
+                body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+            x, _ = jax.lax.scan(body, x, stacked)
+            return self.norm(x), None
+
+        index = jnp.asarray(cache_index, jnp.int32)
+
+        def cached_body(carry, xs):
+            x, keys, values = carry
+            params, layer = xs
+            layer_cache = (keys[layer], values[layer])
+            x, (k, v) = nnx.merge(graphdef, params)(x, rope, mask, layer_cache, index)
+            zero = jnp.zeros((), jnp.int32)
+            start = (layer, zero, index, zero, zero)
+            keys = jax.lax.dynamic_update_slice(keys, k[None], start)
+            values = jax.lax.dynamic_update_slice(values, v[None], start)
+            return (x, keys, values), None
+
+        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        carry = (x, cache.keys, cache.values)
+        (x, keys, values), _ = jax.lax.scan(cached_body, carry, (stacked, layers))
+        return self.norm(x), KVCache(keys, values)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
-        """Zero KV cache with ``length`` slots: per layer (keys, values), each (b, s, kv, dim)."""
+        """Zero KV cache with ``length`` slots: keys and values, each (layers, b, s, kv, dim)."""
         c = self.config
         dtype = c.compute_dtype if dtype is None else dtype
-        shape = (batch, length, c.num_kv_heads, c.head_dim)
-        names = ("batch", "cache_length", "kv_heads", "head_dim")
+        shape = (c.num_layers, batch, length, c.num_kv_heads, c.head_dim)
+        names = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
         zeros = lambda: constrain(jnp.zeros(shape, dtype), names)
-        return tuple((zeros(), zeros()) for _ in range(c.num_layers))
+        return KVCache(zeros(), zeros())
 
     def encode(
         self,
         tokens: Int[Array, "b t"],
         attention_mask: Int[Array, "b t"] | None = None,
         positions: Int[Array, "b t"] | None = None,
+        segment_ids: Int[Array, "b t"] | None = None,
     ) -> Float[Array, "b t e"]:
-        """Hidden states for a whole (padded) batch without a cache."""
+        """Hidden states for a whole (padded or packed) batch without a cache.
+
+        With ``segment_ids`` (packed rows: 1, 2, ... per sequence, 0 = padding) each
+        sequence attends only to itself and positions restart per segment;
+        ``attention_mask`` is then ignored.
+        """
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tokens.shape}")
+        if segment_ids is not None:
+            segment_ids = jnp.asarray(segment_ids)
+            if segment_ids.shape != tokens.shape:
+                raise ValueError(
+                    f"segment_ids.shape={segment_ids.shape} must equal tokens.shape={tokens.shape}"
+                )
+            positions = positions_from_segments(segment_ids) if positions is None else positions
+            hidden, _ = self(tokens, positions, segment_causal_mask(segment_ids))
+            return hidden
         mask = _default_mask(tokens, attention_mask)
         positions = positions_from_mask(mask) if positions is None else positions
         hidden, _ = self(tokens, positions, causal_padding_mask(mask))
@@ -183,14 +262,36 @@ class CausalLM(Constructible):
         )
         draw_normal_params(self, rngs.params(), config.initializer_range)
 
-    def logits_from_hidden(self, hidden: Float[Array, "b t e"]) -> Float[Array, "b t v"]:
-        """LM head; logits are returned in float32 for stable log-softmax."""
+    def head_weights(self) -> tuple[jax.Array, bool]:
+        """``(weight, tied)``: the LM head in the compute dtype, (vocab, embed) when tied to
+        the embedding table, else (embed, vocab)."""
+        dtype = self.config.compute_dtype
         if self.lm_head is None:
-            table = self.model.embed_tokens[...].astype(hidden.dtype)
-            logits = jnp.einsum("bte,ve->btv", hidden, table, preferred_element_type=jnp.float32)
-        else:
-            logits = self.lm_head(hidden).astype(jnp.float32)
-        return constrain(logits, ("batch", "length", "vocab"))
+            return vocab_parallel(self.model.embed_tokens[...].astype(dtype), True), True
+        return vocab_parallel(self.lm_head.kernel[...].astype(dtype), False), False
+
+    def logits_from_hidden(self, hidden: Float[Array, "b t e"]) -> Float[Array, "b t v"]:
+        """LM head; logits are returned in float32 (accumulated in float32) for log-softmax."""
+        return project_logits(hidden, *self.head_weights())
+
+    def token_logprobs(
+        self,
+        tokens: Int[Array, "b t"],
+        *,
+        attention_mask: Int[Array, "b t"] | None = None,
+        positions: Int[Array, "b t"] | None = None,
+        segment_ids: Int[Array, "b t"] | None = None,
+    ) -> Float[Array, "b t"]:
+        """``out[:, t] = log π(tokens[:, t] | tokens[:, :t])`` (0 at t = 0), float32.
+
+        Computed from the hidden states in chunks of ``config.logprob_chunk_size``
+        positions, each chunk's logits rematerialised in the backward pass, so the
+        ``(batch, length, vocab)`` logits never exist at once.
+        """
+        hidden = self.model.encode(tokens, attention_mask, positions, segment_ids)
+        return chunked_token_logprobs(
+            hidden, *self.head_weights(), jnp.asarray(tokens), self.config.logprob_chunk_size
+        )
 
     def __call__(
         self,
@@ -217,6 +318,17 @@ class CausalLM(Constructible):
         """Logits of ``tokens`` stored at cache slots ``cache_index, ...``, and the new cache."""
         hidden, cache = self.model(tokens, positions, mask, cache, cache_index)
         return self.logits_from_hidden(hidden), cache
+
+    def prefill(
+        self,
+        tokens: Int[Array, "b t"],
+        positions: Int[Array, "b t"],
+        mask: Bool[Array, "b t s"],
+        cache: KVCache,
+    ) -> tuple[Float[Array, "b v"], KVCache]:
+        """Fills cache slots ``0 .. t-1``; returns only the *last* position's logits."""
+        hidden, cache = self.model(tokens, positions, mask, cache, jnp.zeros((), jnp.int32))
+        return self.logits_from_hidden(hidden[:, -1:])[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -141,6 +141,12 @@ DEFAULT_RULES = LogicalRules(
         "act_embed": None,
         "cache_length": None,
         "labels": None,
+        # Inside the LM head and the embedding lookup: the vocabulary split over every
+        # model-parallel axis and the batch only over data, so the (vocab, embed) matrix
+        # is never all-gathered (each device scores all of a chunk's positions against
+        # its slice of the vocabulary; Megatron's vocabulary-parallel cross-entropy).
+        "head_batch": "data",
+        "head_vocab": ("fsdp", "tensor"),
     }
 )
 

@@ -47,6 +47,9 @@ class TrainDataConfig(DataConfig):
     """
 
     paths: tuple[str, ...] = ()  # multiobjective_dpo: one dataset (file/directory) per objective
+    # Compute log π_ref of every response once, before training (cached in the run
+    # directory), instead of a reference forward pass in every step (frozen reference).
+    precompute_reference: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -274,6 +277,9 @@ class LoggingConfig:
     tensorboard: bool = True  # also write TensorBoard scalars
     progress_bar: bool = True  # tqdm bar on process 0
     peak_flops: float | None = None  # device peak FLOP/s for MFU; null = measure a matmul
+    # The kl_ref metric: exact KL(π‖π_ref) over the whole vocabulary along the data. Costs
+    # a reference forward pass and a second pass over the vocabulary in every step.
+    kl_ref: bool = True
 
     def __post_init__(self):
         if self.every_steps < 1:
@@ -338,6 +344,16 @@ class TrainConfig:
                 f"optimizer.grad_accum_steps={accum}"
             )
         algo, data = self.algorithm, self.data
+        if data.precompute_reference and self.logging.kl_ref:
+            raise ValueError(
+                "data.precompute_reference=true removes the reference forward pass from the "
+                "step, but logging.kl_ref=true needs it; set logging.kl_ref=false"
+            )
+        if algo.name == "multiobjective_dpo" and (data.packing or data.precompute_reference):
+            raise ValueError(
+                "data.packing and data.precompute_reference are for the single-objective losses "
+                "(dpo, ipo, robust_dpo); multiobjective_dpo pads its K batches"
+            )
         if algo.name != "multiobjective_dpo":
             if data.paths:
                 raise ValueError(

@@ -49,7 +49,12 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from jaxalign.data import PreferenceBatch, build_preference_loader, make_tiny_preference_dataset
+from jaxalign.data import (
+    PackedPreferenceBatch,
+    PreferenceBatch,
+    build_preference_loader,
+    make_tiny_preference_dataset,
+)
 from jaxalign.data.config import DataConfig
 from jaxalign.models import axis_rules, build_tiny_tokenizer, from_pretrained, load_tokenizer
 from jaxalign.parallel import (
@@ -57,7 +62,6 @@ from jaxalign.parallel import (
     data_shard_info,
     initialize_distributed,
     make_mesh,
-    shard_batch,
 )
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.config import TrainConfig, config_to_dict
@@ -69,6 +73,8 @@ from jaxalign.train.metrics import (
 )
 from jaxalign.train.multiobjective import multiobjective_train_step, uses_weights
 from jaxalign.train.optim import make_optimizer
+from jaxalign.train.reference import CACHE_NAME as REFERENCE_CACHE
+from jaxalign.train.reference import precompute_reference_logps
 from jaxalign.train.state import (
     TrainState,
     abstract_model,
@@ -76,7 +82,7 @@ from jaxalign.train.state import (
     init_train_state,
     train_shardings,
 )
-from jaxalign.train.step import preference_train_step
+from jaxalign.train.step import preference_train_step, shard_preference_batch
 from jaxalign.train.tensorboard import SummaryWriter
 
 
@@ -222,6 +228,14 @@ def _pad_length(batch: PreferenceBatch, length: int, pad_id: int) -> PreferenceB
     )
 
 
+def _num_batch_shards(sharding) -> int:
+    axes = sharding.spec[0] if len(sharding.spec) else None
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
 def _jsonable(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
@@ -262,7 +276,19 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     pretrained = None
     model_config = config.model
     if config.init.pretrained:
-        loaded = from_pretrained(config.init.pretrained, mesh=mesh, rules=rules)
+        m = config.model  # how to compute comes from the run's config, the shape from the files
+        loaded = from_pretrained(
+            config.init.pretrained,
+            dtype=m.dtype,
+            param_dtype=m.param_dtype,
+            mesh=mesh,
+            rules=rules,
+            config_overrides={
+                "remat": m.remat,
+                "attention": m.attention,
+                "logprob_chunk_size": m.logprob_chunk_size,
+            },
+        )
         model_config = loaded.config
         pretrained = nnx.split(loaded)[1]
     if len(tokenizer) > model_config.vocab_size:
@@ -312,15 +338,46 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 f"the checkpoint holds {len(loader_states)} data position(s) but the config "
                 f"reads {num_objectives} dataset(s); the data changed since the checkpoint"
             )
+    # Packed rows are split over the batch shards: this process's rows per micro-batch
+    # must be a multiple of its share of them.
+    row_multiple = max(1, _num_batch_shards(sh.batch) // count)
     loaders = [
         build_preference_loader(
-            dc, tokenizer, process_index=shard, process_count=count, state=position
+            dc,
+            tokenizer,
+            process_index=shard,
+            process_count=count,
+            state=position,
+            micro_batches=config.optimizer.grad_accum_steps,
+            row_multiple=row_multiple,
         )
         for dc, position in zip(data_configs, loader_states, strict=True)
     ]
+    if config.data.precompute_reference:
+        say("jaxalign: computing reference log-probs over the dataset (once)")
+        logps = precompute_reference_logps(
+            loaders[0].dataset,
+            reference,
+            graphdef,
+            batch_size=data_config.batch_size,
+            length=data_config.max_length,
+            pad_id=loaders[0].pad_id,
+            mesh=mesh,
+            rules=logical_rules,
+            reference_sharding=sh.reference,
+            batch_sharding=sh.batch,
+            example_sharding=sh.example,
+            shard=(shard, count),
+            cache=out / REFERENCE_CACHE,
+        )
+        loaders[0].attach_reference_logps(*logps)
 
     # The step: jitted once per batch shape, with explicit shardings and donation.
-    batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example)
+    refs = (sh.example, sh.example) if config.data.precompute_reference else (None, None)
+    if config.data.packing:
+        batch_sh = PackedPreferenceBatch(*(sh.batch,) * 4, sh.example, *refs)
+    else:
+        batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
     algo = config.algorithm
     if multi:
         weights = algo.objective_weights(num_objectives)
@@ -351,6 +408,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
             flip_rate=algo.flip_rate,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
+            kl_metric=config.logging.kl_ref,
         )
     jitted = jax.jit(
         step_fn,
@@ -420,12 +478,10 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                         b._replace(example_mask=np.full_like(b.example_mask, np.nan))
                         for b in locals_
                     ]
-                batches = [
-                    shard_batch(b, mesh, logical_rules, logical_axes=("batch",)) for b in locals_
-                ]
+                batches = [shard_preference_batch(b, mesh, logical_rules) for b in locals_]
                 batch = tuple(batches) if multi else batches[0]
                 local = locals_[0]
-                shape = tuple(local.chosen_input_ids.shape)
+                shape = tuple(local[0].shape)
                 if shape not in compiled:
                     if compiled:
                         say(f"jaxalign: compiling the step for a new batch shape {shape}")
@@ -451,13 +507,20 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 step += 1
                 length = shape[1]
                 pairs = num_objectives * data_config.batch_size  # K batches in a step
-                flops = dpo_step_flops(model_config, pairs, length)
+                # Sequences the step computes: 2 per pair, or the packed rows.
+                computed = shape[0] * count if config.data.packing else 2 * pairs
+                flops = dpo_step_flops(
+                    model_config,
+                    computed / 2,
+                    length,
+                    reference_forward=not config.data.precompute_reference,
+                )
                 record = {
                     "step": step,
                     **{k: v for k, v in metrics.items() if k != "finite"},
                     "step_time_s": dt,
                     "tokens_per_s": metrics["tokens"] / dt,
-                    "padded_tokens_per_s": 2 * pairs * length / dt,
+                    "padded_tokens_per_s": computed * length / dt,
                     "flops_per_s": flops / dt,
                     "mfu": flops / dt / peak_total,
                 }

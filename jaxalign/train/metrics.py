@@ -32,12 +32,17 @@ def matmul_params(config: ModelConfig) -> int:
     return c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
 
 
-def dpo_step_flops(config: ModelConfig, batch_size: int, length: int) -> float:
-    """Model FLOPs of one DPO step on ``batch_size`` pairs padded to ``length`` tokens."""
+def dpo_step_flops(
+    config: ModelConfig, batch_size: float, length: int, *, reference_forward: bool = True
+) -> float:
+    """Model FLOPs of one DPO step on ``batch_size`` pairs padded to ``length`` tokens
+    (without the reference forward pass when its log-probs come precomputed)."""
     tokens = 2 * batch_size * length
     n = matmul_params(config)
     attn_fwd = 4 * config.num_layers * length * config.num_heads * config.head_dim
-    per_token = (6 * n + 3 * attn_fwd) + (2 * n + attn_fwd)
+    per_token = 6 * n + 3 * attn_fwd
+    if reference_forward:
+        per_token += 2 * n + attn_fwd
     return float(per_token) * tokens
 
 

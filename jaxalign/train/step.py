@@ -46,9 +46,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxalign.data import PreferenceBatch
+from jaxalign.data import PackedPreferenceBatch, PreferenceBatch
 from jaxalign.losses import dpo_loss, ipo_loss, robust_dpo_loss
-from jaxalign.models import token_logprobs
+from jaxalign.models.logprobs import chunked_kl, chunked_token_logprobs
+from jaxalign.parallel import shard_batch
 from jaxalign.train.state import TrainState
 
 _SUMMED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "kl_ref",
@@ -74,33 +75,76 @@ def _pair_losses(algorithm, pc, pr, rc, rr, *, beta, label_smoothing, tau, flip_
     raise ValueError(f"algorithm must be one of {LOSSES}, got {algorithm!r}")
 
 
-def _microbatch_sums(params, reference, batch: PreferenceBatch, *, graphdef, loss_fn):
-    """Summed (over real pairs) loss and metric sums of one micro-batch."""
-    policy = nnx.merge(graphdef, params)
-    ref = nnx.merge(graphdef, reference)
+def _forward(model, batch, sides: int):
+    """Per-sequence response log-probs ``(sides·b,)``, hidden states and scoring info.
 
-    # Chosen and rejected go through each model as one (2B, L) batch: one forward per model.
+    A padded batch runs chosen and rejected as one ``(2b, L)`` batch; a packed batch runs
+    its rows and sums each sequence's tokens with ``segment_sum``.
+    """
+    weight, tied = model.head_weights()
+    chunk = model.config.logprob_chunk_size
+    if isinstance(batch, PackedPreferenceBatch):
+        ids, seg = batch.input_ids, batch.segment_ids
+        hidden = model.model.encode(ids, segment_ids=seg)
+        per_token = chunked_token_logprobs(hidden, weight, tied, ids, chunk)
+        scored = batch.loss_mask.astype(bool)
+        per_token = jnp.where(scored, per_token, jnp.zeros((), jnp.float32))
+        seq = jax.ops.segment_sum(
+            per_token.reshape(-1), batch.sequence_index.reshape(-1), num_segments=sides
+        )
+        return seq, hidden, scored
     ids = jnp.concatenate([batch.chosen_input_ids, batch.rejected_input_ids])
     attn = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask])
     mask = jnp.concatenate([batch.chosen_loss_mask, batch.rejected_loss_mask])
-    b = batch.chosen_input_ids.shape[0]
-
     scored = mask.astype(bool) & attn.astype(bool)
+    hidden = model.model.encode(ids, attn)
+    per_token = chunked_token_logprobs(hidden, weight, tied, ids, chunk)
+    per_token = jnp.where(scored, per_token, jnp.zeros((), jnp.float32))
+    return per_token.sum(axis=-1), hidden, scored
 
-    def forward(model):
-        logits = model(ids, attention_mask=attn)
-        per_token = jnp.where(scored, token_logprobs(logits, ids), jnp.zeros((), jnp.float32))
-        # log-softmax at position t-1 is the distribution that scored token t.
-        logp_next = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-        return per_token.sum(axis=-1), logp_next
 
-    seq, logp_next = forward(policy)
-    ref_seq, ref_next = jax.tree.map(jax.lax.stop_gradient, forward(ref))
+def _sequence_kl(policy, reference, hidden, ref_hidden, scored, batch, sides: int):
+    """KL(π‖π_ref) of the next-token distributions summed over each sequence's response."""
+    chunk = policy.config.logprob_chunk_size
+    kl = chunked_kl(hidden, policy.head_weights(), ref_hidden, reference.head_weights(), chunk)
+    kl = jnp.where(scored, kl, jnp.zeros((), jnp.float32))
+    if isinstance(batch, PackedPreferenceBatch):
+        return jax.ops.segment_sum(
+            kl.reshape(-1), batch.sequence_index.reshape(-1), num_segments=sides
+        )
+    return kl.sum(axis=-1)
+
+
+def reference_sequence_logprobs(
+    reference: nnx.State, batch: PreferenceBatch | PackedPreferenceBatch, *, graphdef
+) -> tuple[jax.Array, jax.Array]:
+    """``(log π_ref(chosen), log π_ref(rejected))``, each ``(B,)``: what the step computes
+    for the frozen reference, so it can be computed once and stored with the data
+    (``PreferenceBatch.reference_*``) instead of in every step."""
+    b = batch.example_mask.shape[0]
+    seq, _, _ = _forward(nnx.merge(graphdef, reference), batch, 2 * b)
+    return seq[:b], seq[b:]
+
+
+def _microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True):
+    """Summed (over real pairs) loss and metric sums of one micro-batch."""
+    policy = nnx.merge(graphdef, params)
+    b = batch.example_mask.shape[0]
+    seq, hidden, scored = _forward(policy, batch, 2 * b)
+    precomputed = batch.reference_chosen_logp is not None
+    ref_hidden = None
+    if precomputed:
+        ref_seq = jnp.concatenate([batch.reference_chosen_logp, batch.reference_rejected_logp])
+    if not precomputed or kl_metric:
+        # Fenced off from the policy's computation so XLA compiles it exactly as the
+        # standalone reference_sequence_logprobs: precomputed values give the same bits.
+        ref_params, ref_batch = jax.lax.optimization_barrier((reference, batch))
+        ref = nnx.merge(graphdef, ref_params)
+        ref_out = jax.lax.stop_gradient(_forward(ref, ref_batch, 2 * b))
+        ref_forward, ref_hidden, _ = jax.lax.optimization_barrier(ref_out)
+        if not precomputed:
+            ref_seq = ref_forward
     pc, pr, rc, rr = seq[:b], seq[b:], ref_seq[:b], ref_seq[b:]
-    # KL(π‖π_ref) of the next-token distributions, summed over the response positions.
-    logp_next = jax.lax.stop_gradient(logp_next)
-    kl_tok = jnp.sum(jnp.exp(logp_next) * (logp_next - ref_next), axis=-1)
-    kl_seq = jnp.sum(jnp.where(scored[:, 1:], kl_tok, jnp.zeros((), jnp.float32)), axis=-1)
     loss, chosen_reward, rejected_reward, margin = loss_fn(pc, pr, rc, rr)
     w = batch.example_mask
     w2 = jnp.concatenate([w, w]) * jnp.asarray(0.5, w.dtype)  # per pair: mean of both sides
@@ -110,11 +154,14 @@ def _microbatch_sums(params, reference, batch: PreferenceBatch, *, graphdef, los
         "margin": jnp.sum(w * margin),
         "chosen_reward": jnp.sum(w * chosen_reward),
         "rejected_reward": jnp.sum(w * rejected_reward),
-        "kl_ref": jnp.sum(w2 * kl_seq),
         "log_ratio": jnp.sum(w2 * jax.lax.stop_gradient(jnp.concatenate([pc - rc, pr - rr]))),
         "policy_chosen_logp": jnp.sum(w * jax.lax.stop_gradient(pc)),
         "policy_rejected_logp": jnp.sum(w * jax.lax.stop_gradient(pr)),
     }
+    if kl_metric:
+        ref = nnx.merge(graphdef, reference)
+        kl_seq = _sequence_kl(policy, ref, hidden, ref_hidden, scored, batch, 2 * b)
+        sums["kl_ref"] = jnp.sum(w2 * kl_seq)
     return sums["loss"], sums
 
 
@@ -131,6 +178,7 @@ def preference_gradient(
     flip_rate: float = 0.0,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    kl_metric: bool = True,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """Gradient of the batch-mean preference loss and the batch-mean metrics (steps 1-2).
 
@@ -153,7 +201,10 @@ def preference_gradient(
         tau=tau,
         flip_rate=flip_rate,
     )
-    sums_fn = functools.partial(_microbatch_sums, graphdef=graphdef, loss_fn=loss_fn)
+    sums_fn = functools.partial(
+        _microbatch_sums, graphdef=graphdef, loss_fn=loss_fn, kl_metric=kl_metric
+    )
+    summed = _SUMMED if kl_metric else tuple(n for n in _SUMMED if n != "kl_ref")
     grad_fn = jax.grad(sums_fn, has_aux=True)
 
     if k == 1:
@@ -175,14 +226,19 @@ def preference_gradient(
                     mb,
                 )
             g, s = grad_fn(params, reference, mb)
+            g = jax.tree.map(lambda x: x.astype(jnp.float32), g)  # accumulate in float32
             return jax.tree.map(jnp.add, carry, (g, s)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, (params, _zero_sums()))
-        (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (grads, sums), _ = jax.lax.scan(body, (zeros, _zero_sums(summed)), micro)
 
     count = jnp.maximum(jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
-    grads = jax.tree.map(lambda g: g / count, grads)
-    return grads, {name: sums[name] / count for name in _SUMMED}
+    # The gradient of the batch mean, in each parameter's dtype (bf16 parameters keep bf16
+    # gradients and Adam moments, so the state's dtypes never change between steps).
+    grads = jax.tree.map(
+        lambda g, p: (g.astype(jnp.float32) / count).astype(p.dtype), grads, params
+    )
+    return grads, {name: sums[name] / count for name in summed}
 
 
 def preference_train_step(
@@ -200,6 +256,7 @@ def preference_train_step(
     flip_rate: float = 0.0,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    kl_metric: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of an offline preference loss (pure; jit it with donation of ``state``).
 
@@ -217,6 +274,14 @@ def preference_train_step(
         grad_accum_steps: micro-batches ``k`` (``B`` divisible by ``k``).
         batch_sharding: sharding of a ``(batch, length)`` micro-batch array, to keep
             micro-batches spread over the batch shards (None: no constraint).
+        kl_metric: compute the ``kl_ref`` metric (a forward pass of the reference and a
+            second pass over the vocabulary; needs the reference in the step even when
+            its log-probs come precomputed with the batch).
+
+    ``batch`` is a padded :class:`~jaxalign.data.PreferenceBatch` or a
+    :class:`~jaxalign.data.PackedPreferenceBatch`; when it carries
+    ``reference_chosen_logp`` / ``reference_rejected_logp`` (precomputed once with
+    :func:`reference_sequence_logprobs`), the reference forward pass is skipped.
 
     Returns:
         ``(new_state, metrics)``.
@@ -238,6 +303,7 @@ def preference_train_step(
         flip_rate=flip_rate,
         grad_accum_steps=grad_accum_steps,
         batch_sharding=batch_sharding,
+        kl_metric=kl_metric,
     )
     next_step = state.step + 1
 
@@ -248,7 +314,10 @@ def preference_train_step(
     new_state = TrainState(next_step, params, opt_state, state.rng)
     # A non-finite step changes nothing, so the last good state can still be saved.
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-    tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
+    if isinstance(batch, PackedPreferenceBatch):
+        tokens = jnp.sum(batch.segment_ids > 0)
+    else:
+        tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
     metrics.update(
         grad_norm=grad_norm,
         param_norm=optax.tree.norm(new_state.params),
@@ -289,8 +358,18 @@ def dpo_train_step(
     )
 
 
-def _zero_sums() -> dict[str, jax.Array]:
-    return {name: jnp.zeros((), jnp.float32) for name in _SUMMED}
+def shard_preference_batch(batch, mesh, rules):
+    """Global arrays from a process-local padded or packed batch (``shard_batch``); a packed
+    batch's row and pair arrays have different leading sizes, so they are placed apart."""
+    if not isinstance(batch, PackedPreferenceBatch):
+        return shard_batch(batch, mesh, rules, logical_axes=("batch",))
+    rows = shard_batch(tuple(batch[:4]), mesh, rules, logical_axes=("batch",))
+    pairs = shard_batch(tuple(batch[4:]), mesh, rules, logical_axes=("batch",))
+    return PackedPreferenceBatch(*rows, *pairs)
+
+
+def _zero_sums(names) -> dict[str, jax.Array]:
+    return {name: jnp.zeros((), jnp.float32) for name in names}
 
 
 def _drop_last(sharding):
@@ -298,4 +377,11 @@ def _drop_last(sharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[:1]))
 
 
-__all__ = ["LOSSES", "dpo_train_step", "preference_gradient", "preference_train_step"]
+__all__ = [
+    "LOSSES",
+    "dpo_train_step",
+    "preference_gradient",
+    "preference_train_step",
+    "reference_sequence_logprobs",
+    "shard_preference_batch",
+]

@@ -51,19 +51,21 @@ def test_sharded_load_matches_unsharded_and_params_carry_expected_shardings(hf_c
     plain = from_pretrained(directory)
     sharded = from_pretrained(directory, mesh=mesh)
     specs = _specs(sharded)
-    layer = "model.layers.0"
-    assert specs[f"{layer}.self_attn.q_proj.kernel"] == P("fsdp", "tensor", None)
+    # Stacked layers: a leading (replicated) layer axis on every layer parameter.
+    layer = "model.layers"
+    assert specs[f"{layer}.self_attn.q_proj.kernel"] == P(None, "fsdp", "tensor", None)
     # 2 kv heads do not divide tensor=4: replicated over tensor, still FSDP-sharded.
-    assert specs[f"{layer}.self_attn.k_proj.kernel"] == P("fsdp", None, None)
-    assert specs[f"{layer}.self_attn.o_proj.kernel"] == P("tensor", None, "fsdp")
-    assert specs[f"{layer}.mlp.gate_proj.kernel"] == P("fsdp", "tensor")
-    assert specs[f"{layer}.mlp.down_proj.kernel"] == P("tensor", "fsdp")
+    assert specs[f"{layer}.self_attn.k_proj.kernel"] == P(None, "fsdp", None, None)
+    assert specs[f"{layer}.self_attn.o_proj.kernel"] == P(None, "tensor", None, "fsdp")
+    assert specs[f"{layer}.mlp.gate_proj.kernel"] == P(None, "fsdp", "tensor")
+    assert specs[f"{layer}.mlp.down_proj.kernel"] == P(None, "tensor", "fsdp")
     assert specs["model.embed_tokens"] == P("tensor", "fsdp")
     assert specs["lm_head.kernel"] == P("fsdp", "tensor")
-    q = sharded.model.layers[0].self_attn.q_proj.kernel.get_value()
-    assert {s.data.shape for s in q.addressable_shards} == {(32, 1, 16)}
+    q = sharded.model.layers.self_attn.q_proj.kernel.get_value()
+    num_layers = plain.config.num_layers
+    assert {s.data.shape for s in q.addressable_shards} == {(num_layers, 32, 1, 16)}
     np.testing.assert_array_equal(
-        np.asarray(q), np.asarray(plain.model.layers[0].self_attn.q_proj.kernel.get_value())
+        np.asarray(q), np.asarray(plain.model.layers.self_attn.q_proj.kernel.get_value())
     )
 
     tokens, mask = padded_batch(seed=7, length=8)
@@ -81,7 +83,8 @@ def test_sharded_load_matches_unsharded_and_params_carry_expected_shardings(hf_c
     expected, expected_lp = forward(nnx.state(plain), *args)
     with jax.set_mesh(mesh):
         got, got_lp = forward(state, *args)
-    assert got.sharding.spec[0] == "fsdp"  # batch sharded by the activation constraints
+    # The LM head is vocabulary-parallel: logits split over the vocabulary (fsdp × tensor).
+    assert got.sharding.spec[2] == ("fsdp", "tensor")
     assert len(got.sharding.device_set) == 8
     np.testing.assert_allclose(
         np.asarray(got)[mask == 1], np.asarray(expected)[mask == 1], atol=1e-4
@@ -108,7 +111,8 @@ def test_creation_with_and_without_mesh_gives_the_same_parameters():
     with jax.set_mesh(mesh):  # plain constructor under an active mesh: sharded at birth
         born = CausalLM(config, rngs=nnx.Rngs(params=key))
     for model in (sharded, born):
-        assert _specs(model)["model.layers.0.self_attn.q_proj.kernel"] == P("fsdp", "tensor", None)
+        spec = _specs(model)["model.layers.self_attn.q_proj.kernel"]
+        assert spec == P(None, "fsdp", "tensor", None)
         for a, b in zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(model))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert len(plain.model.embed_tokens.get_value().devices()) == 1

@@ -143,8 +143,9 @@ def test_sharded_accumulated_run_matches_one_device(agg_runs, tmp_path):
     sharded = train(_agg_config(tmp_path, "mgda", f"run.steps={STEPS}", "mesh.data=2",
                                 "mesh.fsdp=2", "mesh.tensor=2", "optimizer.grad_accum_steps=2"),
                     quiet=True)  # fmt: skip
-    kernel = sharded.state.params["model"]["layers"][0]["mlp"]["gate_proj"]["kernel"]
-    assert kernel.sharding.num_devices == 8 and kernel.addressable_shards[0].data.shape == (16, 32)
+    kernel = sharded.state.params["model"]["layers"]["mlp"]["gate_proj"]["kernel"]
+    assert kernel.sharding.num_devices == 8
+    assert kernel.addressable_shards[0].data.shape == (1, 16, 32)  # (layers, /fsdp, /tensor)
     want = agg_runs["mgda"].history
     for key in ("loss_0", "loss_1", "agg_weight_0", "agg_cos_1", "grad_norm"):
         np.testing.assert_allclose([r[key] for r in sharded.history], [r[key] for r in want],

@@ -81,9 +81,9 @@ def test_sharded_multiobjective_step_matches_one_device(setup, aggregator):
             p8, s8, m8 = step(*sharded)
 
     # The weights really are spread over the 8 devices (FSDP × tensor) and stay so.
-    kernel = sharded[0]["model"]["layers"][0]["mlp"]["gate_proj"]["kernel"]
+    kernel = sharded[0]["model"]["layers"]["mlp"]["gate_proj"]["kernel"]
     assert kernel.sharding.num_devices == 8
-    assert kernel.addressable_shards[0].data.shape == (16, 32)  # (32/fsdp, 64/tensor)
+    assert kernel.addressable_shards[0].data.shape == (1, 16, 32)  # (layers, 32/fsdp, 64/tensor)
     for name, out, inp in (("params", p8, sharded[0]), ("opt_state", s8, sharded[1])):
         for path_out, path_in in zip(jax.tree.leaves_with_path(out), jax.tree.leaves_with_path(inp),
                                      strict=True):  # fmt: skip

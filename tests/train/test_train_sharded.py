@@ -31,10 +31,10 @@ def test_sharded_run_matches_single_device(single, tmp_path, make_config):
         make_config, tmp_path, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"
     )
     # The state really is spread over 8 devices: FSDP and tensor axes both split weights.
-    kernel = result.state.params["model"]["layers"][0]["mlp"]["gate_proj"]["kernel"]
+    kernel = result.state.params["model"]["layers"]["mlp"]["gate_proj"]["kernel"]
     assert result.compilations == 1  # one jitted step for all steps
     assert kernel.sharding.num_devices == 8
-    assert kernel.addressable_shards[0].data.shape == (16, 32)  # (32/fsdp, 64/tensor)
+    assert kernel.addressable_shards[0].data.shape == (1, 16, 32)  # (layers, 32/fsdp, 64/tensor)
     assert losses_8.shape == (STEPS,)
     assert losses_8[-1] < losses_8[0]  # it learns
     kl = [r["kl_ref"] for r in result.history]
