@@ -1,286 +1,275 @@
-"""DPO training throughput: jaxalign vs TRL's DPOTrainer (PyTorch, CPU), in one run.
+"""DPO step throughput: jaxalign vs TRL 1.16's ``DPOTrainer`` (PyTorch, CPU), interleaved.
 
-Both train the same tiny Llama (random init, same config), on the same synthetic
-preference rows, tokenised by the same tiny BPE tokenizer, with the same global
-batch, maximum length, β, learning rate and AdamW. Each runs ``--warmup`` steps
-(compilation, allocator warm-up) and then ``--steps`` timed steps end to end
-(data loading, reference and policy passes, backward, optimizer).
+Per row (shape × precision) both sides train the same work (``dpo_workload.py``): the
+same initial weights, the same batches of token ids in the same order, AdamW with the
+same settings, DPO β 0.1. The timed unit on both sides is one optimizer step on a batch
+that is already collated and in memory, reference log-probs included, ending with a
+host sync of the loss:
 
-Reported per side: median step time, real (non-padding) tokens/s — the dataset's
-mean tokens per pair × batch / step time, identical work for both — and model
-FLOP/s (jaxalign's padded DPO FLOPs, ``jaxalign.train.dpo_step_flops``) as a
-fraction of this machine's measured float32 matmul peak (the faster of a jitted
-JAX and a PyTorch 2048² matmul). The ratio jaxalign / TRL is the headline.
+* **jaxalign** — ``dpo_workload.make_jaxalign_step``: the jitted
+  ``jaxalign.train.preference_train_step`` on a prepared ``PreferenceBatch``;
+  ``float(loss)``.
+* **TRL** — what ``Trainer._run_epoch`` does for one step, on a batch from TRL's own
+  ``DataCollatorForPreference``: ``trainer.training_step`` (policy and reference
+  forward, backward, under accelerate's autocast when bf16), ``_clip_grad_norm``,
+  ``optimizer.step()``, ``lr_scheduler.step()``, ``model.zero_grad()``;
+  ``loss.item()``. The model, optimizer and scheduler are those of
+  ``trainer._prepare_for_training`` (what ``trainer.train()`` prepares).
 
-    python benchmarks/dpo_step_vs_trl.py            # needs trl (benchmark venv)
-    python benchmarks/dpo_step_vs_trl.py --smoke    # a few seconds, jaxalign only
+Rows: shapes ``tiny`` (d 128, 4 layers) and ``d512`` (d 512, 8 layers); precisions
+``float32`` (TRL ``bf16=False``; jaxalign float32) and ``bf16`` (TRL ``bf16=True``:
+autocast, float32 master weights; jaxalign ``dtype=bfloat16``, ``param_dtype=float32``).
+Gradient checkpointing is off on both sides in every row (jaxalign has no remat yet).
+Headline: real (non-padding) tokens/s per side and their ratio (of medians and of
+mins); the losses of both sides are compared step by step as a same-work check.
+
+TRL 1.16 defaults overridden (and why) are listed in ``TRL_OVERRIDES`` and printed.
+
+    /work/bench-venv/bin/python benchmarks/dpo_step_vs_trl.py      # needs trl (bench venv)
+    .venv/bin/python benchmarks/dpo_step_vs_trl.py --smoke          # seconds, jaxalign only
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import os
-import platform
-import statistics
+import dataclasses
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dpo_step_vs_trl.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dpo_workload as dw
 
-MODEL = dict(
-    model_type="llama",
-    vocab_size=384,
-    hidden_size=128,
-    intermediate_size=352,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=32,
+RESULTS = Path(__file__).resolve().parent / "results" / "dpo_step_vs_trl.json"
+PEER_PACKAGES = ("trl", "transformers", "accelerate", "torch")
+
+#: (TRL 1.16 setting, its default, the value used here, why).
+TRL_OVERRIDES = (
+    ("bf16", "True (DPOConfig)", "False in float32 rows, True in bf16 rows",
+     "the same dtype on both sides"),
+    ("gradient_checkpointing (activation_checkpointing)", "True (DPOConfig)",
+     "False (True with --gradient-checkpointing)",
+     "off on both sides: jaxalign has no remat option yet"),
+    ("learning_rate", "1e-6 (DPOConfig)", "1e-4", "the shared learning rate"),
+    ("lr_scheduler_type", "linear", "constant", "the shared constant schedule"),
+    ("max_length", "1024", "--max-length (48)",
+     "jaxalign's truncation; no row is truncated on either side"),
+    ("use_cpu", "False", "True", "a CPU benchmark"),
+    ("save_strategy", "steps", "no", "no checkpoint I/O (outside the step anyway)"),
+)  # fmt: skip
+#: TRL 1.16 defaults kept (equal to the jaxalign side's settings, or TRL's own choice).
+TRL_KEPT = (
+    "optim adamw_torch_fused; adam β₁ 0.9, β₂ 0.999, ε 1e-8; weight_decay 0.0; "
+    "max_grad_norm 1.0; loss_type sigmoid; beta 0.1; label_smoothing 0; disable_dropout True; "
+    "torch_compile False; pad_to_multiple_of None (pads each batch to its longest row); "
+    "report_to none; precompute_ref_log_probs False and padding_free False unless the flags "
+    "say otherwise"
 )
-SMOKE_MODEL = dict(MODEL, hidden_size=32, intermediate_size=64, num_layers=1, head_dim=16)
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny, jaxalign only, a few seconds")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per side")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
-    p.add_argument("--batch-size", type=int, default=16, help="preference pairs per step")
-    p.add_argument("--max-length", type=int, default=48, help="tokens per sequence")
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON output")
+    dw.add_row_args(p)
     p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=0,
-        help="PyTorch intra-op threads; 0 = the faster of 1 and all cores on a probe",
+        "--gradient-checkpointing",
+        action="store_true",
+        help="on for both sides (jaxalign: JaxalignOptions.remat='full', not available yet)",
     )
+    p.add_argument(
+        "--trl-precompute-ref",
+        action="store_true",
+        help="TRL precompute_ref_log_probs=True (reference log-probs before timing)",
+    )
+    p.add_argument(
+        "--trl-padding-free",
+        action="store_true",
+        help="TRL padding_free=True (TRL 1.16 warns and falls back to padding)",
+    )
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads; 0 = torch's default")  # fmt: skip
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON output")
     return p.parse_args(argv)
 
 
-def _mean_pair_tokens(tokenizer, rows) -> float:
-    total = 0
-    for r in rows:
-        prompt = len(tokenizer(r["prompt"])["input_ids"])
-        for side in ("chosen", "rejected"):
-            total += prompt + len(tokenizer(r[side])["input_ids"]) + 1  # + EOS
-    return total / len(rows)
+# ----------------------------------------------------------------------------- TRL side
 
 
-def matmul_peak() -> dict[str, float]:
-    """float32 matmul FLOP/s measured with JAX and (if installed) PyTorch."""
-    from jaxalign.train import measure_matmul_peak
+def make_trl_step(
+    workload: dw.Workload,
+    *,
+    bf16: bool,
+    gradient_checkpointing: bool,
+    precompute_ref: bool,
+    padding_free: bool,
+    hyper: dw.Hyper,
+    work: Path,
+):
+    """TRL's DPO step on the workload: ``(step, info)``; ``step()`` returns the loss."""
+    import json
+    import time
 
-    peaks = {"jax": measure_matmul_peak(2048)}
-    try:
-        import torch
-    except ImportError:
-        return peaks
-    torch.set_num_threads(os.cpu_count() or 1)
-    a = torch.randn(2048, 2048)
-    a @ a
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    peaks["torch"] = 2 * 2048**3 / best
-    return peaks
-
-
-def run_jaxalign(args, model, data_path, tok_dir, work: Path) -> dict:
-    from jaxalign.train import load_train_config, train
-
-    overrides = [f"model.{k}={v}" for k, v in model.items()] + [
-        f"init.tokenizer={tok_dir}",
-        f"data.path={data_path}",
-        f"data.batch_size={args.batch_size}",
-        f"data.max_length={args.max_length}",
-        f"data.max_prompt_length={args.max_length // 2}",
-        "optimizer.lr=1e-4",
-        "optimizer.clip_norm=1.0",
-        "schedule.kind=constant",
-        "algorithm.beta=0.1",
-        "checkpoint.enabled=false",
-        "logging.progress_bar=false",
-        "logging.peak_flops=1.0",
-        "mesh.data=1",
-        "mesh.fsdp=1",
-        "mesh.tensor=1",
-        f"run.steps={args.warmup + args.steps}",
-        f"run.out_dir={work / 'jaxalign-run'}",
-    ]
-    result = train(load_train_config(None, overrides), quiet=True)
-    timed = result.history[args.warmup :]
-    return {
-        "step_time_s": statistics.median(r["step_time_s"] for r in timed),
-        "flops_per_step": timed[0]["flops_per_s"] * timed[0]["step_time_s"],
-        "first_loss": result.history[0]["loss"],
-        "last_loss": result.history[-1]["loss"],
-    }
-
-
-def run_trl(args, model, data_path, tokenizer, work: Path) -> dict:
     import datasets
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    import transformers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from jaxalign.models import ModelConfig
-
-    torch.manual_seed(0)
-    hf = ModelConfig(**model, pad_token_id=tokenizer.pad_token_id).to_hf_config()
-    hf.pop("architectures", None)
-    hf.pop("model_type", None)
-    policy = LlamaForCausalLM(LlamaConfig(**hf))
-    threads = args.torch_threads or _fastest_threads(policy, args)
-    torch.set_num_threads(threads)
-    reference = copy.deepcopy(policy).eval()  # π_ref = the initial policy, as in jaxalign
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
-
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(
+        str(workload.tokenizer_dir), local_files_only=True
+    )
+    load = dict(dtype=torch.float32, local_files_only=True)
+    policy = AutoModelForCausalLM.from_pretrained(str(workload.checkpoint), **load)
+    # With precomputed reference log-probs TRL keeps no reference model (its recommended
+    # set-up); they come from the initial policy, which is the reference.
+    reference = (
+        None
+        if precompute_ref
+        else AutoModelForCausalLM.from_pretrained(str(workload.checkpoint), **load)
+    )
     config = DPOConfig(
         output_dir=str(work / "trl-run"),
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps,
-        learning_rate=1e-4,
+        per_device_train_batch_size=workload.batch_size,
+        learning_rate=hyper.lr,
         lr_scheduler_type="constant",
-        max_grad_norm=1.0,
-        beta=0.1,
-        max_length=args.max_length,
-        logging_steps=10**6,
+        adam_beta1=hyper.b1,
+        adam_beta2=hyper.b2,
+        adam_epsilon=hyper.eps,
+        weight_decay=hyper.weight_decay,
+        max_grad_norm=hyper.clip_norm,
+        beta=hyper.beta,
+        max_length=workload.max_length,
+        bf16=bf16,
+        activation_checkpointing=gradient_checkpointing,
+        precompute_ref_log_probs=precompute_ref,
+        padding_free=padding_free,
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        dataloader_num_workers=0,
-        disable_dropout=True,
         seed=0,
     )
+    rows = [json.loads(line) for line in workload.data_path.read_text().splitlines()]
     trainer = DPOTrainer(
         model=policy,
         ref_model=reference,
         args=config,
-        train_dataset=datasets.Dataset.from_json(str(data_path)),
         processing_class=tokenizer,
-        callbacks=[Clock()],
+        # Only for the constructor; the timed steps use the batches below.
+        train_dataset=datasets.Dataset.from_list(rows),
     )
-    out = trainer.train()
-    return {
-        "step_time_s": statistics.median(times[args.warmup :]),
-        "train_loss": out.training_loss,
-        "torch_threads": threads,
+    model, _ = trainer._prepare_for_training(10**6, None, None)
+    # What _run_epoch sets before each step of one batch without gradient accumulation.
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+
+    collator = DataCollatorForPreference(pad_token_id=workload.pad_id, max_length=config.max_length)
+    batches = [
+        collator(
+            [
+                {
+                    "prompt_ids": p.prompt.tolist(),
+                    "chosen_ids": p.chosen.tolist(),
+                    "rejected_ids": p.rejected.tolist(),
+                }
+                for p in pairs
+            ]
+        )
+        for pairs in workload.batches
+    ]
+    attended = [int(b["attention_mask"].sum()) for b in batches]
+    if attended != workload.real_tokens():
+        raise AssertionError(f"TRL batches hold {attended} real tokens, "
+                             f"expected {workload.real_tokens()}")  # fmt: skip
+    precompute_s = None
+    if precompute_ref:
+        start = time.perf_counter()
+        for batch in batches:
+            chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+            batch["ref_chosen_logps"], batch["ref_rejected_logps"] = chosen, rejected
+        precompute_s = (time.perf_counter() - start) / len(batches)
+
+    counter = {"calls": 0}
+
+    def step() -> float:
+        inputs = batches[counter["calls"] % len(batches)]
+        counter["calls"] += 1
+        loss = trainer.training_step(model, inputs)
+        trainer._clip_grad_norm(model)
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        model.zero_grad()
+        return loss.item()  # host sync of the loss
+
+    groups = trainer.optimizer.optimizer.param_groups
+    info = {
+        "options": {
+            "bf16": bool(config.bf16),
+            "mixed_precision": str(trainer.accelerator.mixed_precision),
+            "gradient_checkpointing": bool(trainer.model.is_gradient_checkpointing),
+            "precompute_ref_log_probs": bool(trainer.precompute_ref_logps),
+            "padding_free_requested": padding_free,
+            "padding_free": bool(trainer.padding_free),
+            "optimizer": f"{type(trainer.optimizer.optimizer).__name__} "
+            f"(fused={groups[0].get('fused')}, weight_decay="
+            f"{sorted({g['weight_decay'] for g in groups})})",
+            "lr_scheduler": type(trainer.lr_scheduler).__name__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "step": "trainer.training_step + _clip_grad_norm + optimizer.step + lr_scheduler.step "
+        "+ zero_grad on a DataCollatorForPreference batch; loss.item()",
+        "padded_tokens_per_step": float(sum(b["input_ids"].numel() for b in batches))
+        / len(batches),
+        "real_tokens_per_step": workload.mean_real_tokens(),
+        "ref_precompute_s_per_batch": precompute_s,
     }
+    return step, info
 
 
-def _fastest_threads(model, args) -> int:
-    """1 or all cores, whichever runs a forward+backward of the step's size faster.
+# ----------------------------------------------------------------------------- driver
 
-    OpenMP threads spin at barriers, so on a busy machine one thread can beat many.
-    """
-    import torch
 
-    ids = torch.randint(0, model.config.vocab_size, (2 * args.batch_size, args.max_length))
-    best, best_time = 1, float("inf")
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        elapsed = []
-        for _ in range(3):
-            t = time.perf_counter()
-            model(ids).logits.sum().backward()
-            elapsed.append(time.perf_counter() - t)
-        model.zero_grad(set_to_none=True)
-        if min(elapsed[1:]) < best_time:
-            best, best_time = threads, min(elapsed[1:])
-    return best
+def _missing() -> str | None:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return "trl is not installed (set up the bench venv: benchmarks/README.md)"
+    return None
 
 
 def main(argv=None) -> dict:
     args = _parse(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
-    if args.smoke:
-        args.steps, args.warmup = 3, 1
-        args.batch_size, args.max_length = min(args.batch_size, 8), min(args.max_length, 32)
-    model = SMOKE_MODEL if args.smoke else MODEL
+    if not args.smoke and _missing() is None:
+        import torch
 
-    from transformers import PreTrainedTokenizerFast
-
-    from jaxalign.data import make_tiny_preference_dataset
-    from jaxalign.models import build_tiny_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        tok_dir = build_tiny_tokenizer(work / "tokenizer")
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir), local_files_only=True)
-        data_path = make_tiny_preference_dataset(work / "data.jsonl", 512, 0)
-        rows = [json.loads(line) for line in data_path.read_text().splitlines()]
-        pair_tokens = _mean_pair_tokens(tokenizer, rows)
-        tokens_per_step = pair_tokens * args.batch_size
-
-        peaks = matmul_peak()
-        peak = max(peaks.values())
-        table = {"jaxalign": run_jaxalign(args, model, data_path, tok_dir, work)}
-        trl_note = None
-        if args.smoke:
-            trl_note = "skipped (--smoke)"
-        else:
-            try:
-                import trl  # noqa: F401
-            except ImportError:
-                trl_note = "skipped: trl is not installed (see benchmarks/README_train.md)"
-            else:
-                table["trl"] = run_trl(args, model, data_path, tokenizer, work)
-
-    flops = table["jaxalign"]["flops_per_step"]
-    for row in table.values():
-        row["tokens_per_s"] = tokens_per_step / row["step_time_s"]
-        row["model_flops_per_s"] = flops / row["step_time_s"]
-        row["fraction_of_matmul_peak"] = row["model_flops_per_s"] / peak
-    ratio = None
-    if "trl" in table:
-        ratio = table["jaxalign"]["tokens_per_s"] / table["trl"]["tokens_per_s"]
-
-    print(f"DPO step throughput, tiny Llama {model}, batch {args.batch_size} pairs, "
-          f"max_length {args.max_length}, {args.steps} timed steps")  # fmt: skip
-    peak_text = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items())
-    print(f"matmul peak (float32): {peak_text} GFLOP/s")
-    print(f"{'':10} {'step ms':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'of peak':>8}")
-    for name, row in table.items():
-        gflops, frac = row["model_flops_per_s"] / 1e9, row["fraction_of_matmul_peak"]
-        print(
-            f"{name:10} {row['step_time_s'] * 1e3:9.1f} {row['tokens_per_s']:10.0f} "
-            f"{gflops:9.2f} {frac:8.1%}"
-        )
-    if ratio is None:
-        print(f"trl: {trl_note}")
-    else:
-        print(f"jaxalign / TRL tokens/s: {ratio:.2f}x")
-    result = {
-        "benchmark": "dpo_step_vs_trl",
-        "smoke": args.smoke,
-        "model": model,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "steps": args.steps,
-        "mean_tokens_per_pair": pair_tokens,
-        "matmul_peak_flops": peaks,
-        "results": table,
-        "ratio_jaxalign_over_trl": ratio,
-        "trl": trl_note or "measured",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+    remat = "full" if args.gradient_checkpointing else "none"
+    peer = dw.Peer(
+        name="trl",
+        title="DPO step: jaxalign vs TRL DPOTrainer — one optimizer step on a collated "
+        "in-memory batch, reference log-probs included, ending with a host sync of the loss; "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} on both sides",
+        packages=PEER_PACKAGES,
+        missing=_missing,
+        make_step=lambda workload, precision, work: make_trl_step(
+            workload,
+            bf16=precision == "bf16",
+            gradient_checkpointing=args.gradient_checkpointing,
+            precompute_ref=args.trl_precompute_ref,
+            padding_free=args.trl_padding_free,
+            hyper=dw.Hyper(),
+            work=work,
+        ),
+        # TRL's bf16 is autocast over float32 weights: jaxalign's mixed precision.
+        jaxalign_options=lambda precision: dataclasses.replace(
+            dw.default_options(precision), remat=remat
+        ),
+        overrides=TRL_OVERRIDES,
+        kept=TRL_KEPT,
+    )
+    return dw.run_benchmark(args, peer, args.out)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 Both sides run the *same weights* (a random HF Llama checkpoint written to a temporary
 directory and read back with ``jaxalign.models.from_pretrained``) in the same process,
-and the greedy continuations are compared token for token before timing. Reported:
+and the greedy continuations of both are compared token for token. Reported:
 
 * prefill tokens/s — one forward pass over a (batch, prompt) block of tokens;
 * decode tokens/s — greedy ``generate`` of ``new_tokens`` per row with a KV cache
   (jaxalign: one jitted ``lax.while_loop``; HF: ``model.generate``);
 
-and the ratios jaxalign / transformers (> 1 means jaxalign is faster). Compilation is
-excluded (one warm-up call); each figure is the median of ``--repeats`` runs.
+and the ratios jaxalign / transformers (> 1 means jaxalign is faster), of the medians and
+of the mins. The four workloads run interleaved in one loop (``benchmarks/harness.py``:
+one warm-up call each — compilation —, a wait for a quiet machine, ``--repeats`` rounds);
+each call ends in a host sync (``block_until_ready``; torch on CPU is synchronous).
 
 Usage::
 
@@ -21,13 +23,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if "--single-thread" in sys.argv:
@@ -41,6 +39,9 @@ import jax
 import numpy as np
 
 from jaxalign.models import CausalLM, ModelConfig, from_pretrained, generate, logits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 FULL = dict(
     layers=4,
@@ -68,27 +69,6 @@ SMOKE = dict(
     decode_prompt=8,
     new_tokens=8,
 )
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _interleaved_medians(workloads: dict, repeats: int) -> dict:
-    """Median seconds per workload; one warm-up each (compilation), then round-robin runs.
-
-    Interleaving makes both libraries see the same machine conditions on a shared,
-    noisy machine.
-    """
-    for fn in workloads.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in workloads}
-    for _ in range(repeats):
-        for name, fn in workloads.items():
-            times[name].append(_timed(fn))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _jaxalign_workloads(model, prefill_tokens, decode_prompts, new_tokens, out):
@@ -137,13 +117,13 @@ def _torch_workloads(hf, prefill_tokens, decode_prompts, new_tokens, out):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no transformers peer")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument(
         "--single-thread",
         action="store_true",
         help="one compute thread for both (torch.set_num_threads(1), XLA without Eigen "
         "threads): a fair comparison on an oversubscribed machine",
     )
+    harness.add_protocol_args(parser, repeats=5, warmup=1)
     parser.add_argument(
         "--out",
         type=Path,
@@ -151,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
-    repeats = args.repeats or (1 if args.smoke else 5)
+    if args.smoke:
+        args.repeats = 1
     config = ModelConfig(
         vocab_size=sizes["vocab"],
         hidden_size=sizes["hidden"],
@@ -192,62 +173,70 @@ def main(argv: list[str] | None = None) -> dict:
         workloads |= _torch_workloads(
             hf, prefill_tokens, decode_prompts, sizes["new_tokens"], tokens_out
         )
-    seconds = _interleaved_medians(workloads, repeats)
-    prefill_count = prefill_tokens.size
-    decode_count = sizes["decode_batch"] * sizes["new_tokens"]
-    rows = {
-        name: {
-            "prefill_tokens_per_s": prefill_count / seconds[f"{name}/prefill"],
-            "decode_tokens_per_s": decode_count / seconds[f"{name}/decode"],
-        }
-        for name in ("jaxalign", "transformers")
-        if f"{name}/prefill" in seconds
+    m = harness.run_interleaved(
+        workloads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        max_wait=args.max_wait,
+        quiet_load=args.quiet_load,
+        smoke=args.smoke,
+    )
+    count = {
+        "prefill": prefill_tokens.size,
+        "decode": sizes["decode_batch"] * sizes["new_tokens"],
     }
+    rows = {}
+    for name in ("jaxalign", "transformers"):
+        if f"{name}/prefill" not in workloads:
+            continue
+        rows[name] = {}
+        for phase, n in count.items():
+            stats = m.stats(f"{name}/{phase}")
+            rows[name][f"{phase}_tokens_per_s"] = n / stats["median_s"]
+            rows[name][f"{phase}_tokens_per_s_best"] = n / stats["min_s"]
+            rows[name][phase] = stats
+    record = harness.machine(("torch", "transformers") if hf is not None else ())
     result = {
         "benchmark": "model_vs_hf",
         "mode": "smoke" if args.smoke else "full",
+        "label": m.label,
         "sizes": sizes,
-        "repeats": repeats,
         "single_thread": args.single_thread,
-        "median_seconds": seconds,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-        },
         "results": rows,
+        "conditions": m.conditions(),
+        "machine": record,
     }
     if hf is not None:
-        import torch
-        import transformers
-
         result["ratios"] = {
-            "prefill": seconds["transformers/prefill"] / seconds["jaxalign/prefill"],
-            "decode": seconds["transformers/decode"] / seconds["jaxalign/decode"],
+            phase: m.ratio(f"transformers/{phase}", f"jaxalign/{phase}") for phase in count
         }
         result["greedy_tokens_match"] = bool(
             np.array_equal(tokens_out["jaxalign"], tokens_out["transformers"])
         )
-        result["machine"] |= {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(),
-        }
 
-    print(f"{'':14}{'prefill tok/s':>16}{'decode tok/s':>16}")
+    print(harness.describe_machine(record))
+    print(f"Llama {sizes['layers']} layers, d {sizes['hidden']}, {sizes['heads']}/"
+          f"{sizes['kv_heads']} heads, SwiGLU {sizes['mlp']}, vocab {sizes['vocab']}, float32; "
+          f"prefill {sizes['batch']} × {sizes['prompt']} tokens, decode {sizes['decode_batch']} "
+          f"× {sizes['new_tokens']} new tokens; single thread: {args.single_thread}")  # fmt: skip
+    print("tokens/s: median (best) of the interleaved rounds")
+    print(f"{'':14}{'prefill tok/s':>22}{'decode tok/s':>22}")
     for name, row in rows.items():
-        print(f"{name:14}{row['prefill_tokens_per_s']:16.0f}{row['decode_tokens_per_s']:16.0f}")
+        prefill = f"{row['prefill_tokens_per_s']:.0f} ({row['prefill_tokens_per_s_best']:.0f})"
+        decode = f"{row['decode_tokens_per_s']:.0f} ({row['decode_tokens_per_s_best']:.0f})"
+        print(f"{name:14}{prefill:>22}{decode:>22}")
     if "ratios" in result:
         r = result["ratios"]
-        print(f"{'ratio':14}{r['prefill']:15.2f}x{r['decode']:15.2f}x   (jaxalign / transformers)")
+        cells = [f"{r[p]['ratio_of_medians']:.2f}x / {r[p]['ratio_of_mins']:.2f}x" for p in count]
+        print(
+            f"{'ratio':14}{cells[0]:>22}{cells[1]:>22}   (jaxalign / transformers: medians / mins)"
+        )
         print(f"greedy tokens identical: {result['greedy_tokens_match']}")
     else:
         print("transformers: skipped (smoke mode)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    harness.print_verdict(m)
+    path = harness.write_json(args.out, result)
+    print(f"wrote {path}")
     return result
 
 

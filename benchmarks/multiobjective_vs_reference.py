@@ -1,44 +1,48 @@
-"""Per-step cost of CAGrad on a ~10M-parameter gradient pytree: jaxalign vs the reference.
+"""Per-step cost of CAGrad on a ~10M-parameter gradient pytree: jaxalign vs the published form.
 
-Compared in the same run, for K ∈ {2, 4, 8} objectives:
+Compared in the same run, interleaved, for K ∈ {2, 4, 8} objectives; every side takes the
+same K stacked per-objective gradients (a pytree already on the device) and returns the
+CAGrad direction on the device (c = 0.5, rescaled by 1/(1 + c²), the published default):
 
 * **jaxalign** — :func:`jaxalign.multiobjective.cagrad_direction` under one ``jax.jit``:
-  Gram matrix as per-leaf contractions, the dual solved on device (closed form for
+  Gram matrix as per-leaf contractions, the dual solved on the device (closed form for
   K = 2, exact support enumeration for K ≤ 10), leaf-wise recombination; no host sync.
-* **reference** — what the peer implementations (the CAGrad authors' code and the
-  multi-task libraries built on it) do each step, written here from that description:
-  move the K gradients to the host and flatten them into a dense ``[K, D]`` numpy
-  matrix, form ``G = X Xᵀ``, solve the dual ``min_w wᵀGb + c‖g_0‖‖g_w‖`` over the
-  simplex with ``scipy.optimize.minimize(method="SLSQP")`` from the uniform start,
-  combine ``d = g_0 + c‖g_0‖ g_w/‖g_w‖`` on the host and unflatten back into device
-  arrays. Both rescale by ``1/(1 + c²)`` (the reference default).
-* **host-SLSQP, Gram on device** — a generous hybrid: Gram matrix and recombination
-  jitted on device (jaxalign's), only the K×K dual solved on the host with SLSQP.
+* **hybrid — the published CAGrad code's form, the headline peer.** What ``cagrad()`` in
+  the authors' code (Liu et al. 2021, ``Cranial-XIX/CAGrad``, ``cityscapes/utils.py``)
+  does each step: the K×K Gram matrix ``GG = gᵀg`` computed on the device, **only it**
+  moved to the host, the dual ``min_w wᵀGG·b + c·sqrt(wᵀGG·w)`` (``c = α·sqrt(mean GG)``)
+  solved there with ``scipy.optimize.minimize`` (SLSQP, simplex constraint, uniform
+  start), the direction ``(ḡ + c/‖g_w‖·g_w)/(1 + α²)`` combined on the device. Its device
+  parts are jaxalign's own jitted kernels (``gram_matrix``, ``linear_combination``), and
+  ``‖g_w‖`` comes from the Gram matrix on the host (one device pass instead of the
+  published two): both in the peer's favour, so the ratio isolates the host round trip
+  and SLSQP against jaxalign's on-device dual.
+* **host reference** — the naive form: all K gradients copied to the host as a dense
+  ``[K, D]`` matrix, Gram, SLSQP and combination in numpy, the direction copied back.
 
 Also reported: the overhead CAGrad adds to a training step that computes the K
 per-objective gradients (``jax.jacrev`` of K losses of a 10-layer MLP with the same
 parameter pytree, batch ``--batch``): one jitted step with donated parameters using the
-cheapest combination of the K gradients (their average, via
+cheapest combination of the K gradients (their mean, via
 :func:`~jaxalign.multiobjective.weighted_sum_direction`) vs the same step with CAGrad.
-The reference's directions are compared with jaxalign's (relative L2 difference) and
-the dual objectives of both solutions are reported (jaxalign's is the exact minimum).
+The peers' directions are compared with jaxalign's (relative L2 difference) and the dual
+objectives of the solutions are reported (jaxalign's is the exact minimum).
+
+All sides run in one interleaved loop per K (``benchmarks/harness.py``: warm-up, wait for
+a quiet machine, ``--repeats`` rounds, min and median per side).
 
 Usage::
 
-    python benchmarks/multiobjective_vs_reference.py            # ~2 min on 2 CPU cores
+    python benchmarks/multiobjective_vs_reference.py            # ~3 min on 2 CPU cores
     python benchmarks/multiobjective_vs_reference.py --smoke    # a few seconds
 
-No peer package is needed: the reference path uses numpy and scipy only.
+No peer package is needed: the peers use numpy and scipy only.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import jax
@@ -46,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
-import jaxalign
 import jaxalign.multiobjective as mo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multiobjective_vs_reference.json"
 
@@ -99,17 +105,22 @@ def num_params(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-# ----------------------------------------------------------------------------- reference
+# ----------------------------------------------------------------------------- peers
 
 
-def _slsqp_dual(gram: np.ndarray, c: float) -> np.ndarray:
-    """The reference's dual solve: SLSQP from the uniform start, as the peers run it."""
+def published_dual(gram: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """The published code's dual solve on the host: ``(w, c)``.
+
+    ``c = α·sqrt(mean(GG) + 1e-8) + 1e-8`` (α‖g₀‖, g₀ the mean gradient);
+    ``min_w wᵀGG·b + c·sqrt(wᵀGG·w + 1e-8)`` over the simplex, SLSQP from the uniform
+    start ``b`` (scipy picks SLSQP for bounds plus an equality constraint).
+    """
     k = gram.shape[0]
-    b = np.full(k, 1.0 / k)
-    radius = c * np.sqrt(gram.mean() + 1e-8)  # ‖g_0‖² = mean of the Gram matrix
+    b = np.ones(k) / k
+    c = float(alpha * np.sqrt(gram.mean() + 1e-8) + 1e-8)
 
     def objective(w):
-        return float(w @ gram @ b + radius * np.sqrt(w @ gram @ w + 1e-8))
+        return float(w @ gram @ b + c * np.sqrt(w @ gram @ w + 1e-8))
 
     res = optimize.minimize(
         objective,
@@ -118,52 +129,51 @@ def _slsqp_dual(gram: np.ndarray, c: float) -> np.ndarray:
         constraints={"type": "eq", "fun": lambda w: 1.0 - np.sum(w)},
         method="SLSQP",
     )
-    return res.x
+    return res.x, c
 
 
-def reference_step(grads, c: float):
-    """Flatten to host [K, D], Gram + SLSQP + combination in numpy, unflatten to device."""
+#: The hybrid's device parts are jaxalign's own kernels (the fastest we have), so the
+#: ratio measures only what differs: the K×K round trip to the host plus SLSQP against
+#: jaxalign's on-device dual.
+device_gram = jax.jit(mo.gram_matrix)
+device_combine = jax.jit(mo.linear_combination)
+
+
+def hybrid_step(grads, alpha: float):
+    """Gram on the device → K×K to the host → SLSQP → direction combined on the device.
+
+    The published code forms ``g_w = Σ w_k g_k`` on the device and then its norm; here
+    ``‖g_w‖ = sqrt(wᵀGG·w)`` comes from the Gram matrix already on the host, so the
+    device makes one pass, ``Σ_k (1/K + c/‖g_w‖·w_k) g_k / (1 + α²)`` — fewer passes than
+    the published form, in the peer's favour.
+    """
+    gram = np.asarray(device_gram(grads), np.float64)  # the only device→host copy
+    w, c = published_dual(gram, alpha)
+    k = gram.shape[0]
+    gw_norm = np.sqrt(max(w @ gram @ w, 0.0))
+    coef = (np.full(k, 1.0 / k) + c / (gw_norm + 1e-8) * w) / (1 + alpha**2)
+    direction = device_combine(grads, jnp.asarray(coef, jnp.float32))
+    return jax.block_until_ready(direction), w
+
+
+def host_reference_step(grads, alpha: float):
+    """All K gradients to the host as a dense ``[K, D]`` matrix, everything in numpy."""
     leaves, treedef = jax.tree.flatten(grads)
     k = leaves[0].shape[0]
     flat = np.concatenate([np.asarray(x).reshape(k, -1) for x in leaves], axis=1)  # [K, D]
     gram = (flat @ flat.T).astype(np.float64)
-    w = _slsqp_dual(gram, c)
-    radius = c * np.sqrt(gram.mean() + 1e-8)
-    gw_norm = np.sqrt(max(w @ gram @ w, 0.0))
-    coef = np.full(k, 1.0 / k) + radius / (gw_norm + 1e-8) * w
-    direction = (coef.astype(np.float32) @ flat) / (1 + c * c)
+    w, c = published_dual(gram, alpha)
+    g_w = w.astype(np.float32) @ flat
+    direction = (flat.mean(axis=0) + c / (np.linalg.norm(g_w) + 1e-8) * g_w) / (1 + alpha**2)
     out, start = [], 0
     for x in leaves:
         size = int(np.prod(x.shape[1:]))
         out.append(jax.device_put(direction[start : start + size].reshape(x.shape[1:])))
         start += size
-    jax.block_until_ready(out)
-    return jax.tree.unflatten(treedef, out), w
+    return jax.block_until_ready(jax.tree.unflatten(treedef, out)), w
 
 
-def hybrid_step(grads, c: float, gram_fn, combine_fn):
-    """Gram and recombination on device (jitted), the K×K dual with SLSQP on the host."""
-    gram = np.asarray(gram_fn(grads), np.float64)
-    k = gram.shape[0]
-    w = _slsqp_dual(gram, c)
-    radius = c * np.sqrt(gram.mean() + 1e-8)
-    coef = np.full(k, 1.0 / k) + radius / (np.sqrt(max(w @ gram @ w, 0.0)) + 1e-8) * w
-    out = combine_fn(grads, jnp.asarray(coef / (1 + c * c), jnp.float32))
-    return jax.block_until_ready(out)
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-def _time_ms(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Interleaves the candidates so that machine noise hits all of them alike."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return times
+# ----------------------------------------------------------------------------- one K
 
 
 def _flat(tree) -> np.ndarray:
@@ -186,59 +196,104 @@ def _train_step(losses, aggregate, lr: float = 1e-3):
     return jax.jit(step, donate_argnums=0)
 
 
-def bench_one(k: int, params, c: float, batch: int, repeats: int) -> dict:
-    losses = make_losses(params, k, batch)
-    grads_fn = jax.jit(jax.jacrev(losses))
+def _drop(_) -> None:
+    return None
+
+
+def bench_one(k: int, params, args) -> dict:
+    c = args.c
+    losses = make_losses(params, k, args.batch)
+    grads = jax.block_until_ready(jax.jit(jax.jacrev(losses))(params))
     ours_fn = jax.jit(lambda g: mo.cagrad_direction(g, c, rescale="1+c^2"))
-    gram_fn = jax.jit(mo.gram_matrix)
-    combine_fn = jax.jit(mo.linear_combination)
     uniform = jnp.full((k,), 1.0 / k, jnp.float32)
-    # Training steps with the same K gradients: the cheapest use of them (their average,
+    # Training steps with the same K gradients: the cheapest use of them (their mean,
     # linear scalarisation) vs CAGrad, each fused into one jit with donated parameters.
     steps = {
-        "step_weighted_sum_ms": _train_step(
-            losses, lambda g: mo.weighted_sum_direction(g, uniform)[0]
-        ),
-        "step_cagrad_ms": _train_step(
-            losses, lambda g: mo.cagrad_direction(g, c, rescale="1+c^2")[0]
-        ),
+        "step_mean": _train_step(losses, lambda g: mo.weighted_sum_direction(g, uniform)[0]),
+        "step_cagrad": _train_step(losses, lambda g: mo.cagrad_direction(g, c, rescale="1+c^2")[0]),
     }
     state = {name: jax.tree.map(jnp.copy, params) for name in steps}
 
     def run_step(name):
         state[name] = jax.block_until_ready(steps[name](state[name]))
 
-    grads = jax.block_until_ready(grads_fn(params))
-    ours, info = jax.block_until_ready(ours_fn(grads))  # compile + warm up
-    ref, w_ref = reference_step(grads, c)
-    hybrid_step(grads, c, gram_fn, combine_fn)
-    for name in steps:
-        run_step(name)
-
-    samples = _time_ms(
-        {
-            "jaxalign_ms": lambda: jax.block_until_ready(ours_fn(grads)),
-            "reference_ms": lambda: reference_step(grads, c),
-            "hybrid_ms": lambda: hybrid_step(grads, c, gram_fn, combine_fn),
-            **{name: (lambda name=name: run_step(name)) for name in steps},
-        },
-        repeats,
+    # The directions to check, once; the timed calls drop theirs (10M floats each).
+    ours, info = jax.block_until_ready(ours_fn(grads))
+    hybrid, w_hybrid = hybrid_step(grads, c)
+    host, w_host = host_reference_step(grads, c)
+    sides = {
+        "jaxalign": lambda: _drop(jax.block_until_ready(ours_fn(grads))),
+        "hybrid": lambda: _drop(hybrid_step(grads, c)),
+        "host_reference": lambda: _drop(host_reference_step(grads, c)),
+        **{name: (lambda name=name: run_step(name)) for name in steps},
+    }
+    m = harness.run_interleaved(
+        sides,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        max_wait=args.max_wait,
+        quiet_load=args.quiet_load,
+        smoke=args.smoke,
     )
-    # Best of the repeats: on a shared machine the minimum is the least disturbed sample.
-    timings = {name: min(ts) for name, ts in samples.items()}
-    a, b = _flat(ours), _flat(ref)
-    gram = np.asarray(gram_fn(grads), np.float64)
+    a = _flat(ours)
+    gram = np.asarray(device_gram(grads), np.float64)
+    stats = {name: m.stats(name) for name in sides}
+    overhead = {
+        "of_medians": stats["step_cagrad"]["median_s"] / stats["step_mean"]["median_s"] - 1,
+        "of_mins": stats["step_cagrad"]["min_s"] / stats["step_mean"]["min_s"] - 1,
+    }
     return {
         "K": k,
-        **{name: round(v, 3) for name, v in timings.items()},
-        "median_ms": {name: round(statistics.median(ts), 3) for name, ts in samples.items()},
-        "ratio_reference_over_jaxalign": timings["reference_ms"] / timings["jaxalign_ms"],
-        "ratio_hybrid_over_jaxalign": timings["hybrid_ms"] / timings["jaxalign_ms"],
-        "overhead_over_grads": timings["step_cagrad_ms"] / timings["step_weighted_sum_ms"] - 1,
-        "direction_rel_diff": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+        "sides": stats,
+        "ratio_hybrid_over_jaxalign": m.ratio("hybrid", "jaxalign"),
+        "ratio_host_reference_over_jaxalign": m.ratio("host_reference", "jaxalign"),
+        "cagrad_overhead_over_mean_step": overhead,
+        "direction_rel_diff_hybrid": float(
+            np.linalg.norm(a - _flat(hybrid)) / np.linalg.norm(_flat(hybrid))
+        ),
+        "direction_rel_diff_host_reference": float(
+            np.linalg.norm(a - _flat(host)) / np.linalg.norm(_flat(host))
+        ),
         "dual_jaxalign": _dual_value(gram, np.asarray(info.weights, np.float64), c),
-        "dual_reference": _dual_value(gram, np.asarray(w_ref, np.float64), c),
+        "dual_hybrid": _dual_value(gram, np.asarray(w_hybrid, np.float64), c),
+        "dual_host_reference": _dual_value(gram, np.asarray(w_host, np.float64), c),
+        "conditions": m.conditions(),
+        "_measurement": m,
     }
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _times(row, side: str) -> str:
+    stats = row["sides"][side]
+    return f"{1e3 * stats['median_s']:.1f} / {1e3 * stats['min_s']:.1f}"
+
+
+def _ratio(r: dict) -> str:
+    return f"{r['ratio_of_medians']:.2f} / {r['ratio_of_mins']:.2f}"
+
+
+def _print_rows(rows) -> None:
+    header = (
+        f"{'K':>2} | {'jaxalign ms':>13} | {'hybrid ms':>13} | {'ratio':>11} | "
+        f"{'host ref ms':>13} | {'ratio':>11} | {'CAGrad step overhead':>20} | {'|d-d_hyb|':>9}"
+    )
+    print("times: median / min of the interleaved rounds; ratios peer / jaxalign: of medians /")
+    print("of mins; overhead: CAGrad step over the mean-of-K-gradients step, medians / mins")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ov = r["cagrad_overhead_over_mean_step"]
+        overhead = f"{100 * ov['of_medians']:.0f}% / {100 * ov['of_mins']:.0f}%"
+        print(
+            f"{r['K']:>2} | {_times(r, 'jaxalign'):>13} | {_times(r, 'hybrid'):>13} | "
+            f"{_ratio(r['ratio_hybrid_over_jaxalign']):>11} | "
+            f"{_times(r, 'host_reference'):>13} | "
+            f"{_ratio(r['ratio_host_reference_over_jaxalign']):>11} | {overhead:>20} | "
+            f"{r['direction_rel_diff_hybrid']:>9.1e}"
+        )
+        print(f"   {r['_measurement'].describe()}")
 
 
 def main(argv=None) -> int:
@@ -248,71 +303,52 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None, help="MLP width (default 1024)")
     p.add_argument("--depth", type=int, default=9, help="hidden layers")
     p.add_argument("--batch", type=int, default=16, help="examples per objective")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (best of)")
-    p.add_argument("--c", type=float, default=0.5, help="CAGrad radius factor")
+    p.add_argument("--c", type=float, default=0.5, help="CAGrad radius factor (α)")
+    harness.add_protocol_args(p, repeats=15, warmup=1)
     p.add_argument("--out", type=Path, default=None, help="JSON path")
     args = p.parse_args(argv)
 
     width = args.width or (64 if args.smoke else 1024)
     depth = 2 if args.smoke else args.depth
     ks = args.ks or ([3] if args.smoke else [2, 4, 8])
-    repeats = args.repeats or (2 if args.smoke else 15)
+    if args.smoke:
+        args.repeats = 2
     out_path = args.out or (
         RESULTS.with_name(RESULTS.stem + "_smoke.json") if args.smoke else RESULTS
     )
 
     params = make_params(width, depth, out=width // 2)
     d = num_params(params)
+    record = harness.machine()
     print(
-        f"CAGrad step on a {d / 1e6:.2f}M-parameter pytree ({len(jax.tree.leaves(params))} "
-        f"leaves), c = {args.c}, backend {jax.default_backend()}, "
-        f"best of {repeats} interleaved repeats"
+        f"CAGrad direction on a {d / 1e6:.2f}M-parameter pytree "
+        f"({len(jax.tree.leaves(params))} leaves), α = c = {args.c}, rescale 1/(1 + c²)"
     )
-    print("reference = host numpy/scipy SLSQP on the flattened [K, D] matrix (no peer install)")
-    rows = [bench_one(k, params, args.c, args.batch, repeats) for k in ks]
-
-    header = (
-        f"{'K':>2} | {'jaxalign ms':>11} | {'reference ms':>12} | {'ratio':>6} | "
-        f"{'hybrid ms':>9} | {'ratio':>6} | {'step mean ms':>12} | {'step CAGrad':>11} | "
-        f"{'overhead':>8} | {'|d - d_ref|':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['K']:>2} | {r['jaxalign_ms']:>11.2f} | {r['reference_ms']:>12.2f} | "
-            f"{r['ratio_reference_over_jaxalign']:>5.1f}x | {r['hybrid_ms']:>9.2f} | "
-            f"{r['ratio_hybrid_over_jaxalign']:>5.1f}x | {r['step_weighted_sum_ms']:>12.2f} | "
-            f"{r['step_cagrad_ms']:>11.2f} | {100 * r['overhead_over_grads']:>7.1f}% | "
-            f"{r['direction_rel_diff']:>11.1e}"
-        )
+    print(harness.describe_machine(record))
+    print("headline peer: hybrid = the published CAGrad code's form (Gram on the device, "
+          "K×K to the host, SLSQP, direction combined on the device)")  # fmt: skip
+    rows = [bench_one(k, params, args) for k in ks]
+    _print_rows(rows)
+    measurements = [r.pop("_measurement") for r in rows]
+    for m in measurements:
+        if not m.is_result:
+            print(f"*** {m.label}: these numbers show that the script runs, nothing more ***")
+            break
     meta = {
         "benchmark": "multiobjective_vs_reference",
         "smoke": bool(args.smoke),
+        "label": harness.overall_label(measurements),
+        "headline": "ratio hybrid (published CAGrad form) / jaxalign time, of medians and mins",
         "num_params": d,
         "width": width,
         "depth": depth,
         "batch": args.batch,
         "c": args.c,
-        "repeats": repeats,
         "rows": rows,
-        "versions": {
-            "jaxalign": jaxalign.__version__,
-            "jax": jax.__version__,
-            "numpy": np.__version__,
-            "scipy": __import__("scipy").__version__,
-            "python": platform.python_version(),
-        },
-        "device": {
-            "backend": jax.default_backend(),
-            "kind": jax.devices()[0].device_kind,
-            "count": len(jax.devices()),
-        },
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": record,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    path = harness.write_json(out_path, meta)
+    print(f"wrote {path}")
     return 0
 
 

@@ -23,12 +23,17 @@ TRL decodes responses to text and re-tokenises them for the judge. A second jaxa
 ``online_ipo`` (pairs from π_t, anchor π_ref: TRL's online DPO with ``loss_type="ipo"``),
 is the closest like-for-like algorithm.
 
-After ``--warmup`` untimed iterations per side (compilation, allocator warm-up), the
-sides are *interleaved*: after each timed TRL step (inside a Trainer callback, off TRL's
-clock) every jaxalign trainer runs one timed iteration, so the load drift of a shared
-machine hits all sides alike. Reported per side: median iteration time, pairs/s and
-generated tokens/s, and for jaxalign the one-off compile time (first iteration minus the
-median). The ratio jaxalign Nash-MD / TRL pairs/s is the headline.
+Timed unit: one iteration. jaxalign: ``OnlineTrainer.iteration(key)`` (it draws its
+prompts on the device and ends in a host read of its metrics). TRL: what
+``Trainer._run_epoch`` does for one step, on a ready batch of prompt strings (TRL
+tokenises them inside ``training_step``): ``trainer.training_step`` (generate, judge,
+log-probs, loss, backward), ``optimizer.step()``, ``lr_scheduler.step()``,
+``model.zero_grad()``; ``loss.item()``. All sides run interleaved in one loop
+(``benchmarks/harness.py``: ``--warmup`` untimed iterations each, a wait for a quiet
+machine, ``--repeats`` rounds). Reported per side: median and min iteration time,
+pairs/s and generated tokens/s, and for jaxalign the one-off compile time (first
+iteration minus the median). The ratio jaxalign Nash-MD / TRL pairs/s (of the medians
+and of the mins) is the headline.
 
     python benchmarks/online_nash_md_vs_trl.py            # needs trl (benchmark venv)
     python benchmarks/online_nash_md_vs_trl.py --smoke    # a few seconds, jaxalign only
@@ -39,14 +44,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+
 RESULTS = Path(__file__).resolve().parent / "results" / "online_nash_md_vs_trl.json"
+PEER_PACKAGES = ("trl", "transformers", "accelerate", "torch")
 
 MODEL = dict(
     model_type="llama",
@@ -65,17 +72,12 @@ STEP_SIZE, TAU, LR = 1.0, 0.5, 1e-5  # mixture weight s·τ = ½ (Nash-MD-PG's u
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny, jaxalign only, a few seconds")
-    p.add_argument("--iterations", type=int, default=20, help="timed iterations per side")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per side")
     p.add_argument("--batch-size", type=int, default=8, help="prompts (pairs) per iteration")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per response")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads; 0 = torch's default")  # fmt: skip
+    harness.add_protocol_args(p, repeats=10, warmup=2)
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON output")
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=0,
-        help="PyTorch intra-op threads; 0 = the faster of 1 and all cores on a probe",
-    )
     return p.parse_args(argv)
 
 
@@ -94,104 +96,64 @@ def build_models(model: dict, work: Path):
     return policy, judge
 
 
-class JaxalignSide:
-    """One :class:`~jaxalign.train.online.OnlineTrainer` per algorithm, warmed up (compiled)
-    at construction; :meth:`step` runs one timed iteration of each."""
+def jaxalign_calls(args, algorithms, policy, judge, prompts) -> dict:
+    """One :class:`~jaxalign.train.online.OnlineTrainer` per algorithm; name → a call that
+    runs one iteration and returns its metrics (plus its wall time)."""
+    import jax
 
-    def __init__(self, args, algorithms, policy, judge, prompts):
-        import jax
+    from jaxalign.train.online import OnlineConfig, OnlineTrainer
+    from jaxalign.train.oracles import reward_model_oracle
 
-        from jaxalign.train.online import OnlineConfig, OnlineTrainer
-        from jaxalign.train.oracles import reward_model_oracle
+    calls = {}
+    for algorithm in algorithms:
+        config = OnlineConfig(
+            algorithm=algorithm,
+            mixture="token",
+            batch_size=args.batch_size,
+            inner_steps=1,
+            learning_rate=LR,
+            step_size=STEP_SIZE,
+            tau=TAU,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=args.max_new_tokens,
+        )
+        trainer = OnlineTrainer(
+            policy,
+            config,
+            prompts=prompts,
+            oracle=reward_model_oracle(judge),
+            eos_token_id=(),  # fixed-length responses
+            pad_token_id=0,
+        )
 
-        self.key = jax.random.key
-        self.trainers, self.times, self.history, self.first = {}, {}, {}, {}
-        for algorithm in algorithms:
-            config = OnlineConfig(
-                algorithm=algorithm,
-                mixture="token",
-                batch_size=args.batch_size,
-                inner_steps=1,
-                learning_rate=LR,
-                step_size=STEP_SIZE,
-                tau=TAU,
-                temperature=1.0,
-                top_p=1.0,
-                max_new_tokens=args.max_new_tokens,
-            )
-            name = f"jaxalign {algorithm}"
-            self.trainers[name] = OnlineTrainer(
-                policy,
-                config,
-                prompts=prompts,
-                oracle=reward_model_oracle(judge),
-                eos_token_id=(),  # fixed-length responses
-                pad_token_id=0,
-            )
-            self.times[name], self.history[name] = [], []
-            for _ in range(args.warmup):
-                self.first.setdefault(name, self._timed(name))
+        def call(trainer=trainer):
+            start = time.perf_counter()
+            metrics = trainer.iteration(jax.random.key(trainer.state.iteration))  # host sync
+            return {**metrics, "wall_s": time.perf_counter() - start}
 
-    def _timed(self, name: str) -> float:
-        trainer = self.trainers[name]
-        start = time.perf_counter()
-        metrics = trainer.iteration(self.key(trainer.state.iteration))  # ends in a host sync
-        elapsed = time.perf_counter() - start
-        self.history[name].append(metrics)
-        return elapsed
-
-    def step(self) -> None:
-        for name in self.trainers:
-            self.times[name].append(self._timed(name))
-
-    def results(self) -> dict:
-        out = {}
-        for name, times in self.times.items():
-            step, hist = statistics.median(times), self.history[name]
-            out[name] = {
-                "iteration_time_s": step,
-                "first_iteration_s": self.first[name],
-                "compile_s": self.first[name] - step,
-                "first_loss": hist[0]["loss"],
-                "last_loss": hist[-1]["loss"],
-                "response_length": hist[-1]["response_length"],
-            }
-        return out
+        calls[f"jaxalign {algorithm}"] = call
+    return calls
 
 
-def run_trl(args, rows: list[dict], tokenizer, work: Path, between) -> dict:
-    """TRL's timed steps; ``between()`` runs after each timed step, off TRL's clock."""
+def make_trl_step(args, rows: list[dict], tokenizer, work: Path):
+    """TRL OnlineDPOTrainer's step on ready prompt batches: ``(step, info)``."""
     import datasets
     import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        TrainerCallback,
-    )
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.manual_seed(0)
     load = dict(dtype=torch.float32, local_files_only=True)
     policy = AutoModelForCausalLM.from_pretrained(str(work / "policy"), **load)
     reference = AutoModelForCausalLM.from_pretrained(str(work / "policy"), **load)
     judge = AutoModelForSequenceClassification.from_pretrained(str(work / "judge"), **load)
-    threads = args.torch_threads or _fastest_threads(policy, args)
-    torch.set_num_threads(threads)
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
-            if len(times) > args.warmup:
-                between()  # interleaved, so load drift hits every side alike
-
     config = OnlineDPOConfig(
         output_dir=str(work / "trl-run"),
         per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.iterations,
         learning_rate=LR,
         lr_scheduler_type="constant",
         max_grad_norm=0.0,  # jaxalign's Adam does not clip
@@ -203,26 +165,27 @@ def run_trl(args, rows: list[dict], tokenizer, work: Path, between) -> dict:
         top_p=1.0,
         top_k=0,
         max_length=4096,  # never truncates
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         bf16=False,
-        logging_steps=10**6,
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        dataloader_num_workers=0,
         disable_dropout=True,
         seed=0,
     )
+    prompts = [r["prompt"] for r in rows]
     trainer = OnlineDPOTrainer(
         model=policy,
         ref_model=reference,
         reward_funcs=judge,
         args=config,
-        train_dataset=datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
+        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,
         reward_processing_classes=tokenizer,
-        callbacks=[Clock()],
     )
+    model, _ = trainer._prepare_for_training(10**6, None, None)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
     lengths: list[float] = []
     generate = trainer._generate
 
@@ -232,46 +195,51 @@ def run_trl(args, rows: list[dict], tokenizer, work: Path, between) -> dict:
         return out
 
     trainer._generate = counted
-    out = trainer.train()
-    return {
-        "iteration_time_s": statistics.median(times[args.warmup :]),
-        "train_loss": out.training_loss,
-        "torch_threads": threads,
-        "response_length": statistics.mean(lengths),
+    b = args.batch_size
+    batches = [{"prompt": prompts[i : i + b]} for i in range(0, len(prompts) - b + 1, b)]
+    counter = {"calls": 0}
+
+    def step() -> float:
+        inputs = batches[counter["calls"] % len(batches)]
+        counter["calls"] += 1
+        loss = trainer.training_step(model, inputs)
+        # max_grad_norm = 0: _run_epoch does not clip.
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        model.zero_grad()
+        return loss.item()  # host sync of the loss
+
+    info = {
+        "step": "trainer.training_step (generate, judge, log-probs, loss, backward) + "
+        "optimizer.step + lr_scheduler.step + zero_grad on a batch of prompt strings",
+        "torch_threads": torch.get_num_threads(),
+        "lengths": lengths,
     }
+    return step, info
 
 
-def _fastest_threads(model, args) -> int:
-    """1 or all cores, whichever runs a forward+backward of the iteration's size faster.
-
-    OpenMP threads spin at barriers, so on a busy machine one thread can beat many.
-    """
-    import torch
-
-    ids = torch.randint(0, model.config.vocab_size, (2 * args.batch_size, 24 + args.max_new_tokens))
-    best, best_time = 1, float("inf")
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        elapsed = []
-        for _ in range(3):
-            t = time.perf_counter()
-            model(ids).logits.sum().backward()
-            elapsed.append(time.perf_counter() - t)
-        model.zero_grad(set_to_none=True)
-        if min(elapsed[1:]) < best_time:
-            best, best_time = threads, min(elapsed[1:])
-    return best
+def _missing() -> str | None:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return "trl is not installed (see benchmarks/README.md)"
+    return None
 
 
 def main(argv=None) -> dict:
     args = _parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
     if args.smoke:
-        args.iterations, args.warmup = 3, 1
+        args.repeats, args.warmup = 3, 1
         args.batch_size, args.max_new_tokens = min(args.batch_size, 4), min(args.max_new_tokens, 8)
     args.warmup = max(args.warmup, 1)  # the first iteration compiles
     model = SMOKE_MODEL if args.smoke else MODEL
     algorithms = ("nash_md",) if args.smoke else ("nash_md", "online_ipo")
+    trl_note = "skipped (--smoke)" if args.smoke else _missing()
+    if trl_note is None and args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     from transformers import PreTrainedTokenizerFast
 
@@ -289,63 +257,84 @@ def main(argv=None) -> dict:
         prompts = PromptDataset(texts, tokenizer, max_prompt_length=width, use_chat_template=False)
         policy, judge = build_models(model, work)
 
-        jaxalign = JaxalignSide(args, algorithms, policy, judge, prompts)
-        trl_note, peer = None, None
-        if args.smoke:
-            trl_note = "skipped (--smoke)"
-        else:
-            try:
-                import trl  # noqa: F401
-            except ImportError:
-                trl_note = "skipped: trl is not installed (see benchmarks/README_online.md)"
-            else:
-                peer = run_trl(args, rows, tokenizer, work, jaxalign.step)
-        if peer is None:
-            for _ in range(args.iterations):
-                jaxalign.step()
-        table = jaxalign.results()
-        if peer is not None:
-            table["trl online_dpo"] = peer
+        sides = jaxalign_calls(args, algorithms, policy, judge, prompts)
+        trl_info = None
+        if trl_note is None:
+            sides["trl online_dpo"], trl_info = make_trl_step(args, rows, tokenizer, work)
+        m = harness.run_interleaved(
+            sides,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            max_wait=args.max_wait,
+            quiet_load=args.quiet_load,
+            smoke=args.smoke,
+        )
 
     tokens = 2 * args.batch_size * args.max_new_tokens
-    for row in table.values():
-        row["pairs_per_s"] = args.batch_size / row["iteration_time_s"]
-        row["generated_tokens_per_s"] = tokens / row["iteration_time_s"]
+    table = {}
+    for name in sides:
+        stats = m.stats(name)
+        row = {
+            **stats,
+            "iteration_time_s": stats["median_s"],
+            "pairs_per_s": args.batch_size / stats["median_s"],
+            "pairs_per_s_best": args.batch_size / stats["min_s"],
+            "generated_tokens_per_s": tokens / stats["median_s"],
+        }
+        outs = m.outputs[name]
+        if name.startswith("jaxalign"):
+            row.update(
+                first_iteration_s=outs[0]["wall_s"],
+                compile_s=outs[0]["wall_s"] - stats["median_s"],
+                first_loss=outs[0]["loss"],
+                last_loss=outs[-1]["loss"],
+                response_length=outs[-1]["response_length"],
+            )
+        else:
+            lengths = trl_info["lengths"]
+            row.update(
+                torch_threads=trl_info["torch_threads"],
+                first_loss=float(outs[0]),
+                last_loss=float(outs[-1]),
+                response_length=sum(lengths) / len(lengths),
+            )
+        table[name] = row
     ratios = {}
-    if "trl online_dpo" in table:
-        peer = table["trl online_dpo"]["pairs_per_s"]
+    if "trl online_dpo" in sides:
         ratios = {
-            name: row["pairs_per_s"] / peer
-            for name, row in table.items()
-            if name != "trl online_dpo"
+            name: m.ratio("trl online_dpo", name) for name in sides if name != "trl online_dpo"
         }
     ratio = ratios.get("jaxalign nash_md")
 
+    record = harness.machine(PEER_PACKAGES if trl_note is None else ())
     print(f"online iteration throughput, tiny Llama {model}, {args.batch_size} pairs × "
-          f"{args.max_new_tokens} new tokens, prompts ≤ {width} tokens, 1 Adam step, "
-          f"{args.iterations} timed iterations")  # fmt: skip
-    print(f"{'':22} {'iter ms':>9} {'pairs/s':>9} {'tokens/s':>9} {'compile s':>10}")
+          f"{args.max_new_tokens} new tokens, prompts ≤ {width} tokens, 1 Adam step")  # fmt: skip
+    print(harness.describe_machine(record))
+    print("iteration ms and pairs/s: median (best) of the interleaved rounds")
+    print(f"{'':22} {'iter ms':>17} {'pairs/s':>17} {'tokens/s':>9} {'compile s':>10}")
     for name, row in table.items():
         compile_s = f"{row['compile_s']:10.1f}" if "compile_s" in row else f"{'-':>10}"
+        iter_ms = f"{row['median_s'] * 1e3:.1f} ({row['min_s'] * 1e3:.1f})"
+        pairs = f"{row['pairs_per_s']:.1f} ({row['pairs_per_s_best']:.1f})"
         print(
-            f"{name:22} {row['iteration_time_s'] * 1e3:9.1f} {row['pairs_per_s']:9.1f} "
-            f"{row['generated_tokens_per_s']:9.0f} {compile_s}"
+            f"{name:22} {iter_ms:>17} {pairs:>17} {row['generated_tokens_per_s']:9.0f} {compile_s}"
         )
     if ratio is None:
         print(f"trl: {trl_note}")
     else:
         for name, r in ratios.items():
-            print(f"{name} / TRL OnlineDPO pairs/s: {r:.2f}x")
+            print(f"{name} / TRL OnlineDPO pairs/s: {r['ratio_of_medians']:.2f}x (medians), "
+                  f"{r['ratio_of_mins']:.2f}x (mins)")  # fmt: skip
+    harness.print_verdict(m)
     result = {
         "benchmark": "online_nash_md_vs_trl",
         "peer": "trl.experimental.online_dpo.OnlineDPOTrainer (TRL 1.16 has no NashMDTrainer)",
         "smoke": args.smoke,
+        "label": m.label,
         "model": model,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "prompt_width": width,
-        "iterations": args.iterations,
-        "warmup": args.warmup,
         "step_size": STEP_SIZE,
         "tau": TAU,
         "learning_rate": LR,
@@ -353,15 +342,11 @@ def main(argv=None) -> dict:
         "ratios_over_trl": ratios,
         "ratio_jaxalign_over_trl": ratio,
         "trl": trl_note or "measured",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average": os.getloadavg(),
-        },
+        "conditions": m.conditions(),
+        "machine": record,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    path = harness.write_json(args.out, result)
+    print(f"wrote {path}")
     return result
 
 

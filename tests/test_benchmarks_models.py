@@ -19,6 +19,7 @@ def test_model_benchmark_smoke_mode_writes_results(tmp_path, capsys):
     assert "transformers peer skipped" in printed
     saved = json.loads(out.read_text())
     assert saved["mode"] == "smoke" and "ratios" not in saved
+    assert saved["label"] == "smoke run — not a result"
     row = saved["results"]["jaxalign"]
     assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
     assert result["results"] == saved["results"]
