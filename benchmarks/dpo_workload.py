@@ -189,6 +189,12 @@ class JaxalignOptions:
     # The 2B sequences of a batch packed end to end into rows of max_length tokens, no
     # compute on padding (TRL: padding_free; data.packing in jaxalign).
     packing: bool = False
+    # Tokens per packed row (None: max_length); data.packing_length in jaxalign.
+    packing_length: int | None = None
+    # With packing, each pair's prompt computed once for both responses (data.share_prompt).
+    share_prompt: bool = False
+    # Decoder layers per scan step (model.scan_unroll; the layer count unrolls fully).
+    scan_unroll: int = 1
     # Rematerialisation of the scanned layers in the backward pass ("none", "full", ...;
     # TRL/HF: gradient checkpointing).
     remat: str = "none"
@@ -248,7 +254,7 @@ def make_jaxalign_step(
         param_dtype=options.param_dtype,
         mesh=mesh,
         rules=rules,
-        config_overrides={"remat": options.remat},
+        config_overrides={"remat": options.remat, "scan_unroll": options.scan_unroll},
     )
     model_config = loaded.config
     params = nnx.split(loaded)[1]
@@ -286,7 +292,7 @@ def make_jaxalign_step(
     )
     refs = (sh.example, sh.example) if options.precompute_ref else (None, None)
     if options.packing:
-        batch_sh = PackedPreferenceBatch(*(sh.batch,) * 4, sh.example, *refs)
+        batch_sh = PackedPreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
     else:
         batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
     jitted = jax.jit(
@@ -329,7 +335,16 @@ def make_jaxalign_step(
 
     if options.packing:
         padded = [b.input_ids.size for b in local]
-        attended = [int((b.segment_ids > 0).sum()) for b in local]
+        # The pairs' own tokens: a shared prompt counts once per response, as unpacked.
+        attended = [
+            int((b.segment_ids > 0).sum())
+            + (
+                int(((b.segment_ids > 0) & (b.branch_ids == 0)).sum())
+                if options.share_prompt
+                else 0
+            )
+            for b in local
+        ]
     else:
         padded = [2 * b.chosen_input_ids.size for b in local]
         attended = [
@@ -393,7 +408,10 @@ def _collate(pairs: Sequence[Any], workload: Workload, options: JaxalignOptions)
     )
 
     if options.packing:
-        return pack_preference_pairs(pairs, workload.max_length, pad_id=workload.pad_id)
+        width = options.packing_length or workload.max_length
+        return pack_preference_pairs(
+            pairs, width, pad_id=workload.pad_id, share_prompt=options.share_prompt
+        )
 
     if options.padding == "max_length":
         length = workload.max_length
@@ -437,6 +455,23 @@ def add_row_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="jaxalign's data.precompute_reference: reference log-probs computed once per "
         "batch before timing (the step then has no reference forward pass)",
+    )
+    parser.add_argument(
+        "--jaxalign-packing-length",
+        type=int,
+        default=None,
+        help="jaxalign's data.packing_length: tokens per packed row (default --max-length)",
+    )
+    parser.add_argument(
+        "--jaxalign-share-prompt",
+        action="store_true",
+        help="jaxalign's data.share_prompt: with packing, each pair's prompt computed once",
+    )
+    parser.add_argument(
+        "--jaxalign-scan-unroll",
+        type=int,
+        default=1,
+        help="jaxalign's model.scan_unroll: decoder layers per scan step",
     )
     parser.add_argument(
         "--jaxalign-remat", default="none", help="jaxalign's model.remat policy (none, full, ...)"
@@ -534,6 +569,9 @@ def _run_row(
         padding=args.jaxalign_padding,
         packing=args.jaxalign_packing,
         precompute_ref=args.jaxalign_precompute_ref,
+        packing_length=args.jaxalign_packing_length,
+        share_prompt=args.jaxalign_share_prompt,
+        scan_unroll=args.jaxalign_scan_unroll,
         remat=args.jaxalign_remat,
     )
     with tempfile.TemporaryDirectory() as tmp:

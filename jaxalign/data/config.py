@@ -32,6 +32,12 @@ class DataConfig:
     # Pack the 2B sequences of a batch end to end into rows of max_length tokens (no compute
     # on padding; attention and positions reset per sequence); see jaxalign.data.packing.
     packing: bool = False
+    # Tokens per packed row (None: max_length); wider rows fit several sequences of a
+    # max_length batch, so less of each row is padding.
+    packing_length: int | None = None
+    # With packing: each pair's prompt computed once for both responses (one segment per
+    # pair, the responses in two branches); same losses, fewer tokens for long prompts.
+    share_prompt: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "max_length", "max_prompt_length"):
@@ -62,6 +68,17 @@ class DataConfig:
                 f"num_epochs must be a positive integer or None, got {self.num_epochs}"
             )
         object.__setattr__(self, "bucket_sizes", buckets)
+        if self.packing_length is not None and (
+            isinstance(self.packing_length, bool)
+            or not isinstance(self.packing_length, int)
+            or self.packing_length < self.max_length
+        ):
+            raise ValueError(
+                f"packing_length must be an integer >= max_length={self.max_length} (or None), "
+                f"got {self.packing_length!r}"
+            )
+        if self.share_prompt and not self.packing:
+            raise ValueError("share_prompt=True lays out packed rows; it needs packing=True")
         if self.packing and self.padding != "max_length":
             raise ValueError(
                 "packing=True fills rows of max_length tokens; padding must be 'max_length' "

@@ -271,6 +271,8 @@ class PreferenceLoader:
         num_epochs: int | None = None,
         state: LoaderState | Mapping[str, Any] | None = None,
         packing: bool = False,
+        packing_length: int | None = None,
+        share_prompt: bool = False,
         micro_batches: int = 1,
         row_multiple: int = 1,
         reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
@@ -302,6 +304,8 @@ class PreferenceLoader:
         self.process_count = process_count
         self.num_epochs = num_epochs
         self.packing = packing
+        self.share_prompt = share_prompt
+        self.packing_length = buckets[-1] if packing_length is None else int(packing_length)
         self.micro_batches = int(micro_batches)
         self.row_multiple = int(row_multiple)
         if batch_size % self.micro_batches:
@@ -353,6 +357,8 @@ class PreferenceLoader:
             num_epochs=config.num_epochs,
             state=state,
             packing=config.packing,
+            packing_length=config.packing_length,
+            share_prompt=config.share_prompt,
             micro_batches=micro_batches,
             row_multiple=row_multiple,
         )
@@ -455,11 +461,17 @@ class PreferenceLoader:
         """This process's pairs packed into as many rows per micro-batch as the fullest
         process needs (every process computes them all, so shapes agree without talking),
         rounded up to ``row_multiple``."""
-        width, k = self.bucket_sizes[-1], self.micro_batches
+        width, k = self.packing_length, self.micro_batches
         slices = [process_slice(self.batch_size, p, self.process_count)
                   for p in range(self.process_count)]  # fmt: skip
         need = max(
-            packed_rows_needed(pairs[s], width, micro_batches=k, pair_offset=s.start)
+            packed_rows_needed(
+                pairs[s],
+                width,
+                micro_batches=k,
+                pair_offset=s.start,
+                share_prompt=self.share_prompt,
+            )
             for s in slices
         )
         rows = -(-need // self.row_multiple) * self.row_multiple
@@ -473,6 +485,7 @@ class PreferenceLoader:
             rows=rows,
             pair_offset=local.start,
             global_pairs=self.batch_size,
+            share_prompt=self.share_prompt,
         )
 
 

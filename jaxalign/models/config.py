@@ -92,6 +92,10 @@ class ModelConfig:
     # "full", "save_dots", "save_qkv_proj", "save_attention" or "offload" (GPU/TPU);
     # see jaxalign.models.layers.remat_policy.
     remat: str = "none"
+    # Decoder layers per step of the layer scan: 1 keeps the compiled program (and compile
+    # time) independent of depth; num_layers unrolls it fully, which runs small models on
+    # CPU ~10 % faster at the cost of a program that grows with depth.
+    scan_unroll: int = 1
     # Attention kernel: "auto" (cuDNN flash attention on GPU when possible, else XLA),
     # "xla" or "cudnn".
     attention: str = "auto"
@@ -135,6 +139,8 @@ class ModelConfig:
             )
         if self.remat not in REMAT_POLICIES:
             bad("remat", self.remat, f"one of {REMAT_POLICIES}")
+        if not isinstance(self.scan_unroll, int | np.integer) or self.scan_unroll < 1:
+            bad("scan_unroll", self.scan_unroll, "a positive integer (1: no unrolling)")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             bad("attention", self.attention, f"one of {ATTENTION_IMPLEMENTATIONS}")
         if not isinstance(self.logprob_chunk_size, int | np.integer) or self.logprob_chunk_size < 0:

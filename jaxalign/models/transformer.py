@@ -80,17 +80,24 @@ def positions_from_segments(segment_ids: Int[Array, "b l"]) -> Int[Array, "b l"]
     return index - start_index
 
 
-def segment_causal_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
-    """mask[b, i, j] = (j <= i) and tokens i, j are in the same segment, segment id > 0.
+def segment_causal_mask(
+    segment_ids: Int[Array, "b l"], branch_ids: Int[Array, "b l"] | None = None
+) -> Bool[Array, "b l l"]:
+    """mask[b, i, j]: token i sees token j in a packed row.
 
-    Several sequences packed into one row (segment ids 1, 2, ...; 0 = padding) then
-    attend only within themselves, exactly as if each had its own row.
+    ``j <= i``, both in the same segment (segment ids 1, 2, …; 0 = padding), and — with
+    ``branch_ids`` — ``j`` in the segment's shared prefix (branch 0) or in i's own branch.
+    Several sequences packed into one row then attend only within themselves, exactly as
+    if each had its own row; with branches, two continuations share one computed prefix.
     """
     seg = jnp.asarray(segment_ids)
     length = seg.shape[-1]
     causal = jnp.tril(jnp.ones((length, length), bool))
-    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-    return causal[None] & same
+    mask = causal[None] & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    if branch_ids is not None:
+        br = jnp.asarray(branch_ids)
+        mask = mask & ((br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None]))
+    return mask
 
 
 def _default_mask(tokens: jax.Array, attention_mask) -> jax.Array:
@@ -188,7 +195,7 @@ class Transformer(Constructible):
 
             if remat:
                 body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, stacked)
+            x, _ = jax.lax.scan(body, x, stacked, unroll=self.config.scan_unroll)
             return self.norm(x), None
 
         index = jnp.asarray(cache_index, jnp.int32)
@@ -206,7 +213,9 @@ class Transformer(Constructible):
 
         layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
         carry = (x, cache.keys, cache.values)
-        (x, keys, values), _ = jax.lax.scan(cached_body, carry, (stacked, layers))
+        (x, keys, values), _ = jax.lax.scan(
+            cached_body, carry, (stacked, layers), unroll=self.config.scan_unroll
+        )
         return self.norm(x), KVCache(keys, values)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
@@ -224,12 +233,14 @@ class Transformer(Constructible):
         attention_mask: Int[Array, "b t"] | None = None,
         positions: Int[Array, "b t"] | None = None,
         segment_ids: Int[Array, "b t"] | None = None,
+        branch_ids: Int[Array, "b t"] | None = None,
     ) -> Float[Array, "b t e"]:
         """Hidden states for a whole (padded or packed) batch without a cache.
 
         With ``segment_ids`` (packed rows: 1, 2, ... per sequence, 0 = padding) each
-        sequence attends only to itself and positions restart per segment;
-        ``attention_mask`` is then ignored.
+        sequence attends only to itself (:func:`segment_causal_mask`, with ``branch_ids``
+        for prefix-sharing continuations) and positions restart per segment unless
+        given; ``attention_mask`` is then ignored.
         """
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
@@ -241,7 +252,8 @@ class Transformer(Constructible):
                     f"segment_ids.shape={segment_ids.shape} must equal tokens.shape={tokens.shape}"
                 )
             positions = positions_from_segments(segment_ids) if positions is None else positions
-            hidden, _ = self(tokens, positions, segment_causal_mask(segment_ids))
+            mask = segment_causal_mask(segment_ids, branch_ids)
+            hidden, _ = self(tokens, positions, mask)
             return hidden
         mask = _default_mask(tokens, attention_mask)
         positions = positions_from_mask(mask) if positions is None else positions
@@ -281,6 +293,7 @@ class CausalLM(Constructible):
         attention_mask: Int[Array, "b t"] | None = None,
         positions: Int[Array, "b t"] | None = None,
         segment_ids: Int[Array, "b t"] | None = None,
+        branch_ids: Int[Array, "b t"] | None = None,
     ) -> Float[Array, "b t"]:
         """``out[:, t] = log π(tokens[:, t] | tokens[:, :t])`` (0 at t = 0), float32.
 
@@ -288,7 +301,7 @@ class CausalLM(Constructible):
         positions, each chunk's logits rematerialised in the backward pass, so the
         ``(batch, length, vocab)`` logits never exist at once.
         """
-        hidden = self.model.encode(tokens, attention_mask, positions, segment_ids)
+        hidden = self.model.encode(tokens, attention_mask, positions, segment_ids, branch_ids)
         return chunked_token_logprobs(
             hidden, *self.head_weights(), jnp.asarray(tokens), self.config.logprob_chunk_size
         )

@@ -287,6 +287,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 "remat": m.remat,
                 "attention": m.attention,
                 "logprob_chunk_size": m.logprob_chunk_size,
+                "scan_unroll": m.scan_unroll,
             },
         )
         model_config = loaded.config
@@ -375,7 +376,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     # The step: jitted once per batch shape, with explicit shardings and donation.
     refs = (sh.example, sh.example) if config.data.precompute_reference else (None, None)
     if config.data.packing:
-        batch_sh = PackedPreferenceBatch(*(sh.batch,) * 4, sh.example, *refs)
+        batch_sh = PackedPreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
     else:
         batch_sh = PreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
     algo = config.algorithm

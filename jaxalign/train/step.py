@@ -85,7 +85,9 @@ def _forward(model, batch, sides: int):
     chunk = model.config.logprob_chunk_size
     if isinstance(batch, PackedPreferenceBatch):
         ids, seg = batch.input_ids, batch.segment_ids
-        hidden = model.model.encode(ids, segment_ids=seg)
+        hidden = model.model.encode(
+            ids, positions=batch.positions, segment_ids=seg, branch_ids=batch.branch_ids
+        )
         per_token = chunked_token_logprobs(hidden, weight, tied, ids, chunk)
         scored = batch.loss_mask.astype(bool)
         per_token = jnp.where(scored, per_token, jnp.zeros((), jnp.float32))
@@ -315,7 +317,11 @@ def preference_train_step(
     # A non-finite step changes nothing, so the last good state can still be saved.
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     if isinstance(batch, PackedPreferenceBatch):
-        tokens = jnp.sum(batch.segment_ids > 0)
+        # The pairs' own tokens (a shared prompt counts for both responses), not the
+        # packed layout's, so tokens/s compares across layouts.
+        real = batch.segment_ids > 0
+        prefix = jnp.sum(real & (batch.branch_ids == 0))
+        tokens = jnp.sum(real) + jnp.where(jnp.any(batch.branch_ids > 0), prefix, 0)
     else:
         tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
     metrics.update(
@@ -363,8 +369,8 @@ def shard_preference_batch(batch, mesh, rules):
     batch's row and pair arrays have different leading sizes, so they are placed apart."""
     if not isinstance(batch, PackedPreferenceBatch):
         return shard_batch(batch, mesh, rules, logical_axes=("batch",))
-    rows = shard_batch(tuple(batch[:4]), mesh, rules, logical_axes=("batch",))
-    pairs = shard_batch(tuple(batch[4:]), mesh, rules, logical_axes=("batch",))
+    rows = shard_batch(tuple(batch[:6]), mesh, rules, logical_axes=("batch",))
+    pairs = shard_batch(tuple(batch[6:]), mesh, rules, logical_axes=("batch",))
     return PackedPreferenceBatch(*rows, *pairs)
 
 

@@ -56,16 +56,20 @@ def _step(models, batch, accum=1, kl_metric=True):
     return grads, jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_packed_batch_gives_the_padded_loss_and_gradient(models, accum):
+@pytest.mark.parametrize(("accum", "share"), [(1, False), (2, False), (1, True), (2, True)])
+def test_packed_batch_gives_the_padded_loss_and_gradient(models, accum, share):
     pairs = _pairs(8)
     example = np.asarray([1, 1, 1, 1, 1, 1, 1, 0], np.float32)  # a filler pair
     padded = collate_preference_batch(pairs, WIDTH, pad_id=0, example_mask=example)
-    packed = pack_preference_pairs(pairs, WIDTH, pad_id=0, example_mask=example,
-                                   micro_batches=accum)  # fmt: skip
+    pack = functools.partial(pack_preference_pairs, pad_id=0, example_mask=example,
+                             micro_batches=accum, share_prompt=share)  # fmt: skip
+    packed = pack(pairs, WIDTH)
     assert packed.input_ids.shape[0] < 2 * len(pairs)  # fewer rows than sequences
     real = int(np.sum(padded.chosen_attention_mask) + np.sum(padded.rejected_attention_mask))
-    assert int(np.sum(packed.segment_ids > 0)) == real  # every real token once, no others
+    computed = int(np.sum(packed.segment_ids > 0))
+    prompts = sum(len(p.prompt) for p in pairs)
+    # Every real token once (a shared prompt once per pair, plus one copy of its last token).
+    assert computed == (real - prompts + len(pairs) if share else real)
     g_pad, m_pad = _step(models, jax.tree.map(jnp.asarray, padded), accum)
     g_pack, m_pack = _step(models, jax.tree.map(jnp.asarray, packed), accum)
     for key in ("loss", "accuracy", "margin", "kl_ref", "policy_chosen_logp"):
@@ -77,10 +81,13 @@ def test_packed_batch_gives_the_padded_loss_and_gradient(models, accum):
     # Teeth: a packing that swaps chosen and rejected of one pair changes the loss.
     swapped = list(pairs)
     swapped[0] = pairs[0]._replace(chosen=pairs[0].rejected, rejected=pairs[0].chosen)
-    bad = pack_preference_pairs(swapped, WIDTH, pad_id=0, example_mask=example,
-                                micro_batches=accum)  # fmt: skip
+    bad = pack(swapped, WIDTH)
     _, m_bad = _step(models, jax.tree.map(jnp.asarray, bad), accum)
     assert abs(float(m_bad["loss"]) - float(m_pad["loss"])) > 1e-4
+    if share:  # Teeth: without the branch mask the rejected branch would see the chosen one.
+        leaky = packed._replace(branch_ids=np.zeros_like(packed.branch_ids))
+        _, m_leak = _step(models, jax.tree.map(jnp.asarray, leaky), accum)
+        assert abs(float(m_leak["loss"]) - float(m_pad["loss"])) > 1e-4
 
 
 def test_precomputed_reference_logps_give_the_same_step(models):
@@ -126,16 +133,22 @@ def test_train_with_precomputed_reference_repeats_the_losses_bitwise(tmp_path):
     assert resumed.resumed_from == 4 and len(losses(resumed)) == 6
 
 
-def test_train_with_packing_follows_the_padded_run(tmp_path):
+@pytest.mark.parametrize("share", [False, True])
+def test_train_with_packing_follows_the_padded_run(tmp_path, share):
     base = _run(tmp_path, "pad")
-    packed = _run(tmp_path, "packed", "data.packing=true")
+    packed = _run(tmp_path, "packed", "data.packing=true", "data.packing_length=48",
+                  f"data.share_prompt={str(share).lower()}")  # fmt: skip
     a = [row["loss"] for row in read_jsonl(base.out_dir / "metrics.jsonl")]
     b = [row["loss"] for row in read_jsonl(packed.out_dir / "metrics.jsonl")]
     np.testing.assert_allclose(b, a, rtol=1e-4)
-    tokens = [row["tokens"] for row in read_jsonl(packed.out_dir / "metrics.jsonl")]
-    padded = [row["padded_tokens_per_s"] * row["step_time_s"]
-              for row in read_jsonl(packed.out_dir / "metrics.jsonl")]  # fmt: skip
-    assert all(t <= p for t, p in zip(tokens, padded))
+    rows = read_jsonl(packed.out_dir / "metrics.jsonl")
+    real = np.asarray([row["tokens"] for row in rows])  # the pairs' own tokens
+    computed = np.asarray([row["padded_tokens_per_s"] * row["step_time_s"] for row in rows])
+    # The tokens metric counts the pairs' own tokens whatever the layout ...
+    base_real = [row["tokens"] for row in read_jsonl(base.out_dir / "metrics.jsonl")]
+    np.testing.assert_array_equal(real, base_real)
+    if not share:  # ... and the packed rows hold them all (a shared prompt is held once)
+        assert np.all(real <= computed * (1 + 1e-9))
 
 
 def test_packed_loader_shards_agree_on_the_row_count():
