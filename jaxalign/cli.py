@@ -4,16 +4,49 @@ jaxalign reproduce NAME [NAME ...] [--out DIR] [--profile quick|full] [key=value
 jaxalign reproduce --all [--out DIR] [--profile quick|full]
 jaxalign reproduce --list
 jaxalign train CONFIG.yaml [key=value ...] [--resume | --overwrite] [--out DIR]
+
+Errors are one line on stderr, ``jaxalign: error: …``, without a traceback (set
+``JAXALIGN_TRACEBACK=1`` to see it). Exit codes: 0 done; 1 the run failed (non-finite
+loss, unreadable checkpoints, an unexpected error); 2 a usage error (unknown subcommand,
+option or config key, a bad value, a missing or malformed file); 130 interrupted
+(SIGINT/SIGTERM, after checkpointing).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from jaxalign.config import ConfigError
+
+#: Exceptions that mean the command was given something wrong (exit code 2).
+USAGE_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError)
+TRACEBACK_ENV = "JAXALIGN_TRACEBACK"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the usage block first), and
+    options are never abbreviated (``--over`` must not silently mean ``--overwrite``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        sys.stderr.write(f"jaxalign: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (multi-line messages, e.g. YAML marks, joined);
+    errors of unexpected types are prefixed with their type."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    if isinstance(error, (*USAGE_ERRORS, RuntimeError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -57,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     from jaxalign import train as training
 
     # Options may also follow the config and overrides: `train cfg.yaml k=v --resume`.
-    rest = _train_options(argparse.ArgumentParser(prog="jaxalign train"))
+    rest = _train_options(_Parser(prog="jaxalign train"))
     rest.add_argument("overrides", nargs="*")
     more = rest.parse_intermixed_args(args.rest)
     overrides = list(more.overrides)
@@ -72,28 +105,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("run.resume=true")
     if args.overwrite:
         overrides.append("run.overwrite=true")
-    from jaxalign.config import apply_overrides, load_yaml
-    from jaxalign.train import online_run
-
-    if online_run.is_online_config(apply_overrides(load_yaml(args.config), overrides)):
-        config = online_run.load_online_config(args.config, overrides)
-        online_run.train_online(config)
-        return 0
     config = training.load_train_config(args.config, overrides)
-    try:
-        result = training.train(config)
-    except (training.NonFiniteError, training.CheckpointError) as e:
-        print(f"jaxalign: error: {e}", file=sys.stderr)
-        return 3
-    training.save_run_summary(result)
-    h = result.history
-    if h:
-        print(
-            f"step {result.step}: loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f}, "
-            f"accuracy {h[-1]['accuracy']:.3f}, {h[-1]['tokens_per_s']:.0f} tokens/s"
-        )
+    result = training.train(config)  # failures are reported by main(): one line, exit 1
+    s = result.summary
+    if "first_loss" in s:
+        print(f"step {result.step}: loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}")
     print(f"run directory: {result.out_dir} ({result.status})")
-    return 0 if result.status == "completed" else 130
+    return 130 if result.status == "interrupted" else 0
 
 
 def _train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -104,7 +122,7 @@ def _train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="jaxalign", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run registered paper figures / studies")
     rep.add_argument("names", nargs="*", help="experiment names and key=value overrides")
@@ -146,9 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.names = [*args.names, *extra]
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"jaxalign: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print("jaxalign: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        usage = isinstance(e, USAGE_ERRORS)
+        hint = "" if usage else f" (set {TRACEBACK_ENV}=1 for the traceback)"
+        print(f"jaxalign: error: {one_line(e)}{hint}", file=sys.stderr, flush=True)
+        return 2 if usage else 1
 
 
 if __name__ == "__main__":

@@ -34,8 +34,37 @@ class ConfigError(ValueError):
     """A configuration key, type or value is invalid."""
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping repeats a key; ``line`` and ``first_line`` are 1-based."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first set on line {first_line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string; read it as a float, like YAML 1.2."""
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; read it as a float, like YAML 1.2.
+
+    A key repeated in one mapping is refused (PyYAML keeps the last value silently, so
+    a second ``lr:`` further down a file would override the first unnoticed). Keys
+    brought in by a ``<<`` merge may be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -218,13 +247,40 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (``{}`` for an empty file).
+
+    Raises:
+        ConfigError: the path is missing or a directory, the file is not UTF-8 text or
+            not valid YAML, a mapping repeats a key (``file:line``), or the top level is
+            not a mapping.
+    """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))[:5]
+        hint = f"; it holds e.g. {', '.join(found)}" if found else ""
+        raise ConfigError(f"config {str(path)!r} is a directory; expected a YAML file{hint}")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    raw = path.read_bytes()
     try:
-        data = _yaml_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        hint = " (it is gzip-compressed)" if raw[:2] == b"\x1f\x8b" else ""
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column}"
+            f"{hint}; a config must be a UTF-8 YAML file"
+        ) from None
+    try:
+        data = _yaml_load(text)
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}:{e.line}: duplicate key {e.key!r} (first set on line {e.first_line}); "
+            "each key may appear once per mapping"
+        ) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

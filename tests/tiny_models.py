@@ -64,3 +64,55 @@ def tiny_config(out_dir, *extra: str):
     from jaxalign.train import load_train_config
 
     return load_train_config(None, tiny_overrides(out_dir, *extra))
+
+
+# One tiny configuration per task kind of the engine (the engine-guarantee tests run them all).
+_TESTBED_MODEL = [
+    "model.vocab_size=3",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.num_kv_heads=2",
+    "model.head_dim=16",
+    "model.initializer_range=0.5",
+    "testbed.alphabet_size=3",
+    "testbed.response_length=2",
+    "testbed.seed=1",
+    "logging.progress_bar=false",
+    "checkpoint.async_save=false",
+    "run.save_model=false",
+    "mesh.data=1",
+    "mesh.fsdp=1",
+    "mesh.tensor=1",
+]
+TASK_OVERRIDES = {
+    "offline": [*TINY_TRAIN, "run.save_model=false"],
+    "multiobjective": [*TINY_TRAIN, "run.save_model=false", "algorithm.name=multiobjective_dpo"],
+    "nash": [
+        *_TESTBED_MODEL,
+        "algorithm.name=inpo",
+        "algorithm.step_size=2.0",
+        "algorithm.tau=0.05",
+        "oracle.sample=true",
+        "online.batch_size=16",
+        "online.inner_steps=3",
+        "online.learning_rate=0.03",
+    ],
+    "policy_gradient": [
+        *_TESTBED_MODEL,
+        "algorithm.name=kl_pg",
+        "algorithm.group_size=2",
+        "online.batch_size=4",
+        "online.learning_rate=0.01",
+        "online.adam_eps=1e-8",
+        "testbed.reward_scale=1.0",
+    ],
+}
+
+
+def task_config(kind: str, out_dir, *extra: str):
+    """A tiny :class:`jaxalign.train.TrainConfig` of task ``kind`` writing to ``out_dir``."""
+    from jaxalign.train import load_train_config
+
+    return load_train_config(None, [*TASK_OVERRIDES[kind], f"run.out_dir={out_dir}", *extra])

@@ -80,6 +80,12 @@ class PreferenceDataset:
         num_skipped: malformed rows skipped (``skip_malformed=True``).
         skipped: the first skip messages (``file:line: reason``).
         num_prompt_truncated / num_response_truncated: rows that were cut.
+        num_identical: pairs whose chosen and rejected tokens are the same (after
+            truncation): they carry no preference and give no gradient.
+        identical: locations (``file:line``) of the first such pairs, when known.
+
+    Raises:
+        ValueError: no examples, or every pair is identical.
     """
 
     def __init__(
@@ -89,6 +95,9 @@ class PreferenceDataset:
         source: str = "",
         num_skipped: int = 0,
         skipped: Sequence[str] = (),
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
+        identical: Sequence[str] = (),
     ):
         if not examples:
             raise ValueError(f"preference dataset {source!r} has no valid rows")
@@ -96,8 +105,20 @@ class PreferenceDataset:
         self.source = source
         self.num_skipped = num_skipped
         self.skipped = tuple(skipped)
+        self.truncation = (max_length, max_prompt_length)
         self.num_prompt_truncated = sum(e.prompt_truncated for e in self.examples)
         self.num_response_truncated = sum(e.response_truncated for e in self.examples)
+        self.num_identical = sum(np.array_equal(e.chosen, e.rejected) for e in self.examples)
+        self.identical = tuple(identical[:_MAX_REPORTED_SKIPS])
+        if self.num_identical == len(self.examples):
+            after = "" if max_length is None else f" after truncation to max_length={max_length}"
+            where = f" (e.g. {self.identical[0]})" if self.identical else ""
+            raise ValueError(
+                f"all {len(self)} pairs of preference dataset {source!r} are identical{after}"
+                f"{where}: chosen and rejected have the same tokens, so no pair prefers one "
+                "response; raise data.max_length (or lower data.max_prompt_length) so the "
+                "responses keep the tokens where they differ"
+            )
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -111,14 +132,52 @@ class PreferenceDataset:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts for logs: rows, skipped rows, truncations."""
+        """What loading found, for the run-start message (:func:`format_data_stats`) and
+        ``summary.json``: rows kept and skipped, truncations, identical pairs (JSON-able)."""
         return {
             "source": self.source,
             "num_examples": len(self),
             "num_skipped": self.num_skipped,
             "num_prompt_truncated": self.num_prompt_truncated,
             "num_response_truncated": self.num_response_truncated,
+            "num_identical": self.num_identical,
+            "max_length": self.truncation[0],
+            "max_prompt_length": self.truncation[1],
+            "first_skipped": self.skipped[0] if self.skipped else None,
+            "first_identical": self.identical[0] if self.identical else None,
         }
+
+
+def format_data_stats(stats: Mapping[str, Any]) -> str:
+    """One line for the start of a run from a dataset's ``stats`` (a
+    :class:`PreferenceDataset` or a :class:`~jaxalign.data.PromptDataset`), e.g.
+    ``data d.jsonl: 512 pairs; 3 malformed rows skipped (first: d.jsonl:4: missing key
+    'rejected'); 10 pairs with responses truncated to max_length=256; 4 pairs identical after
+    truncation to max_length=256 (first: d.jsonl:9), no preference to learn``."""
+    limit = lambda key: f" to {key}={stats[key]}" if stats.get(key) is not None else ""
+    plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"
+    if "num_prompts" in stats:
+        head = f"prompts {stats['source']}: {plural(stats['num_prompts'], 'prompt')}"
+    else:
+        head = f"data {stats['source']}: {plural(stats['num_examples'], 'pair')}"
+    parts = []
+    if stats.get("num_skipped"):
+        first = f" (first: {stats['first_skipped']})" if stats.get("first_skipped") else ""
+        parts.append(f"{plural(stats['num_skipped'], 'malformed row')} skipped{first}")
+    if stats.get("num_prompt_truncated"):
+        n = stats["num_prompt_truncated"]
+        parts.append(f"{plural(n, 'prompt')} truncated{limit('max_prompt_length')}")
+    if stats.get("num_response_truncated"):
+        n = stats["num_response_truncated"]
+        parts.append(f"{plural(n, 'pair')} with responses truncated{limit('max_length')}")
+    if stats.get("num_identical"):
+        first = f" (first: {stats['first_identical']})" if stats.get("first_identical") else ""
+        after = f" after truncation{limit('max_length')}" if stats.get("max_length") else ""
+        parts.append(
+            f"{plural(stats['num_identical'], 'pair')} identical{after}{first}, "
+            "no preference to learn"
+        )
+    return "; ".join([head, *(parts or ["no rows skipped or truncated"])])
 
 
 def load_preference_dataset(config: DataConfig, tokenizer: Any) -> PreferenceDataset:
@@ -128,8 +187,9 @@ def load_preference_dataset(config: DataConfig, tokenizer: Any) -> PreferenceDat
         MalformedRowError: at the first malformed row (``file:line: reason``),
             unless ``config.skip_malformed``, in which case such rows are
             skipped and counted in ``num_skipped``.
+        ValueError: every pair is identical after truncation to ``config.max_length``.
     """
-    examples, skipped = [], []
+    examples, skipped, identical = [], [], []
     num_skipped = 0
     for where, row in read_preference_rows(config.path, config.format):
         if isinstance(row, MalformedRowError):
@@ -156,9 +216,17 @@ def load_preference_dataset(config: DataConfig, tokenizer: Any) -> PreferenceDat
             if len(skipped) < _MAX_REPORTED_SKIPS:
                 skipped.append(str(error))
             continue
+        if len(identical) < _MAX_REPORTED_SKIPS and np.array_equal(pair.chosen, pair.rejected):
+            identical.append(where)
         examples.append(pair)
     return PreferenceDataset(
-        examples, source=str(config.path), num_skipped=num_skipped, skipped=skipped
+        examples,
+        source=str(config.path),
+        num_skipped=num_skipped,
+        skipped=skipped,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        identical=identical,
     )
 
 
@@ -530,6 +598,7 @@ __all__ = [
     "build_preference_loader",
     "collate_preference_batch",
     "epoch_permutation",
+    "format_data_stats",
     "load_preference_dataset",
     "pad_token_id",
     "process_slice",

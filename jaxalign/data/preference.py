@@ -49,7 +49,7 @@ class PreferenceRow(NamedTuple):
         return isinstance(self.chosen, list)
 
 
-def _as_messages(value: Any, key: str) -> list[Message] | str:
+def as_messages(value: Any, key: str) -> list[Message] | str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
@@ -83,10 +83,10 @@ def parse_preference_row(row: Any) -> PreferenceRow:
     for key in ("chosen", "rejected"):
         if key not in row:
             raise MalformedRowError(f"missing key {key!r}")
-    chosen = _as_messages(row["chosen"], "chosen")
-    rejected = _as_messages(row["rejected"], "rejected")
+    chosen = as_messages(row["chosen"], "chosen")
+    rejected = as_messages(row["rejected"], "rejected")
     has_prompt = row.get("prompt") is not None
-    prompt = _as_messages(row["prompt"], "prompt") if has_prompt else None
+    prompt = as_messages(row["prompt"], "prompt") if has_prompt else None
     conversational = any(isinstance(x, list) for x in (prompt, chosen, rejected))
 
     if not conversational:
@@ -131,7 +131,7 @@ def parse_preference_row(row: Any) -> PreferenceRow:
     return PreferenceRow(prompt, chosen, rejected)
 
 
-def _detect_format(path: Path, fmt: str) -> str:
+def detect_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
@@ -165,26 +165,71 @@ def dataset_files(path: str | Path, fmt: str = "auto") -> list[Path]:
     return [p]
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+# Leading bytes of files that are not JSONL text, with what to do about them.
+_NOT_TEXT = (
+    (b"\x1f\x8b", "gzip-compressed data", "decompress it first (gunzip)"),
+    (b"PAR1", "a Parquet file", "name it .parquet or set format: parquet"),
+    (b"\xfd7zXZ", "xz-compressed data", "decompress it first (unxz)"),
+    (b"(\xb5/\xfd", "zstd-compressed data", "decompress it first (unzstd)"),
+    (b"BZh", "bzip2-compressed data", "decompress it first (bunzip2)"),
+    (b"PK\x03\x04", "a zip archive", "extract it first (unzip)"),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8"),
+)
+
+
+def _check_jsonl_text(path: Path, head: bytes) -> None:
+    """Refuses, as ``file:1: …``, a file whose first bytes show it is not JSONL text."""
+    for magic, what, fix in _NOT_TEXT:
+        if head.startswith(magic):
+            raise MalformedRowError(
+                f"{path}:1: the file holds {what} (first bytes {head[:4].hex(' ')}), not "
+                f"JSON lines; {fix}"
+            )
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(file:line, value or MalformedRowError)`` per non-blank line.
+
+    Lines are decoded one by one, so a line that is not UTF-8 is reported with its
+    number (and can be skipped) instead of failing the whole file.
+
+    Raises:
+        MalformedRowError: the file is compressed or binary (``file:1: …``).
+    """
+    with path.open("rb") as f:
+        _check_jsonl_text(path, f.read(8))
+        f.seek(0)
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                byte = f"0x{raw[e.start]:02x}"
+                error = f"not UTF-8 text: byte {byte} at column {e.start + 1}; save it as UTF-8"
+                yield where, MalformedRowError(error)
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 yield where, MalformedRowError(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             f"reading {str(path)!r} needs pyarrow (pip install pyarrow), which is not installed"
         ) from e
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise MalformedRowError(
+            f"{path}: cannot read it as Parquet: {type(e).__name__}: {e}"
+        ) from None
     for number, row in enumerate(table.to_pylist(), start=1):
         yield f"{path}:row {number}", row
 
@@ -202,8 +247,8 @@ def read_preference_rows(
     if fmt not in ("auto", "jsonl", "parquet"):
         raise ValueError(f"format must be 'auto', 'jsonl' or 'parquet', got {fmt!r}")
     for file in dataset_files(path, fmt):
-        kind = _detect_format(file, fmt)
-        reader = _read_jsonl if kind == "jsonl" else _read_parquet
+        kind = detect_format(file, fmt)
+        reader = read_jsonl if kind == "jsonl" else read_parquet
         for where, raw in reader(file):
             if isinstance(raw, MalformedRowError):
                 yield where, MalformedRowError(f"{where}: {raw}")

@@ -35,12 +35,12 @@ from jaxalign.data.loader import process_slice
 from jaxalign.data.preference import (
     MalformedRowError,
     Text,
-    _as_messages,
-    _detect_format,
-    _read_jsonl,
-    _read_parquet,
+    as_messages,
     dataset_files,
+    detect_format,
     parse_preference_row,
+    read_jsonl,
+    read_parquet,
 )
 from jaxalign.data.tokenize import tokenize_prompt
 
@@ -65,7 +65,7 @@ def parse_prompt_row(row: Any) -> Text:
         if "chosen" in row and "rejected" in row:
             return parse_preference_row(row).prompt
         raise MalformedRowError("missing key 'prompt'")
-    prompt = _as_messages(row["prompt"], "prompt")
+    prompt = as_messages(row["prompt"], "prompt")
     if isinstance(prompt, str):
         if not prompt:
             raise MalformedRowError("'prompt' is empty")
@@ -88,7 +88,7 @@ def iter_prompt_rows(
     if fmt not in ("auto", "jsonl", "parquet"):
         raise ValueError(f"format must be 'auto', 'jsonl' or 'parquet', got {fmt!r}")
     for file in dataset_files(path, fmt):
-        reader = _read_jsonl if _detect_format(file, fmt) == "jsonl" else _read_parquet
+        reader = read_jsonl if detect_format(file, fmt) == "jsonl" else read_parquet
         for where, raw in reader(file):
             if isinstance(raw, MalformedRowError):
                 yield where, MalformedRowError(f"{where}: {raw}")
@@ -259,12 +259,15 @@ class PromptDataset:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts for logs: prompts, skipped rows, truncations, lengths."""
+        """Counts for logs (:func:`~jaxalign.data.format_data_stats`) and ``summary.json``:
+        prompts, skipped rows, truncations, lengths."""
         return {
             "source": self.source,
             "num_prompts": len(self),
             "num_skipped": self.num_skipped,
             "num_prompt_truncated": self.num_truncated,
+            "max_prompt_length": self.prompt_length,
+            "first_skipped": self.skipped[0] if self.skipped else None,
             "max_prompt_tokens": int(self.lengths.max()),
             "mean_prompt_tokens": float(self.lengths.mean()),
         }

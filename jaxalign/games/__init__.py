@@ -16,6 +16,7 @@ All functions handle one game; batch with :func:`jax.vmap`. ``step_size`` multip
 payoffs (``exp(step_size * payoff)``) everywhere.
 """
 
+from jaxalign.games.algorithms import MIRROR_ALGORITHMS, NASH_ALGORITHMS, NashAlgorithm
 from jaxalign.games.equilibrium import nash_equilibrium, nash_residual
 from jaxalign.games.game import (
     MultiplayerGame,
@@ -65,8 +66,11 @@ from jaxalign.games.solvers import (
 )
 
 __all__ = [
+    "MIRROR_ALGORITHMS",
+    "NASH_ALGORITHMS",
     "MNPOState",
     "MultiplayerGame",
+    "NashAlgorithm",
     "PairwiseTarget",
     "PreferenceGame",
     "Solver",

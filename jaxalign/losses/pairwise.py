@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxalign import _checks
+from jaxalign.models.sampling import token_level_mixture  # noqa: F401 (re-exported: the sampler's)
 
 Vec = Float[Array, "b"]
 Distance = Literal["squared", "logistic"]
@@ -344,23 +345,6 @@ def sppo_loss(
 
 # ---------------------------------------------------------------------------------------------
 # Nash-MD mixtures.
-
-
-def token_level_mixture(
-    policy_logits: Float[ArrayLike, "... v"], ref_logits: Float[ArrayLike, "... v"], *, mix: float
-) -> Float[Array, "... v"]:
-    r"""The per-token geometric mixture Nash-MD-PG samples opponents from:
-    ``log_softmax(mix · ref_logits + (1 − mix) · policy_logits)``.
-
-    This is **not** the sequence-level mixture of the theory,
-    :math:`\pi^\mu \propto \pi^{1-\text{mix}}\pi_{ref}^{\text{mix}}` over whole sequences;
-    see :func:`sequence_level_mixture` and the ``tokenmix-vs-seqmix`` study.
-    """
-    if _checks.is_concrete(mix) and not 0 <= float(mix) <= 1:
-        raise ValueError(f"mix must be in [0, 1], got {mix!r}")
-    p = jax.nn.log_softmax(jnp.asarray(policy_logits), axis=-1)
-    r = jax.nn.log_softmax(jnp.asarray(ref_logits), axis=-1)
-    return jax.nn.log_softmax(mix * r + (1 - mix) * p, axis=-1)
 
 
 def sequence_level_mixture(

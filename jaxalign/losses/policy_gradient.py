@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxalign import _checks
+from jaxalign.models.best_of_n import best_of_n_select  # noqa: F401 (re-exported: the sampler's)
 
 Estimator = Literal["k1", "k2", "k3"]
 Baseline = Literal["none", "leave_one_out", "group_mean"]
@@ -168,16 +169,3 @@ def kl_regularized_pg_loss(
     kl_term = jnp.mean(seq_kl)
     loss = pg + (beta_ * kl_term if kl_mode == "loss" else 0.0)
     return PolicyGradientOutput(loss, pg, jax.lax.stop_gradient(kl_term), adv, shaped)
-
-
-def best_of_n_select(rewards: Float[ArrayLike, "b n"], *, key: jax.Array) -> jax.Array:
-    """Index of the best of ``n`` candidates per row, ties broken uniformly at random.
-
-    The sampling counterpart of :func:`jaxalign.kl.best_of_n_policy`: draw ``n``
-    responses per prompt (e.g. :func:`jaxalign.models.generate`), score them with a reward
-    model, keep ``candidates[i, best_of_n_select(rewards, key=k)[i]]``.
-    """
-    rewards = _checks.as_float_array("rewards", rewards, ndim=2)
-    top = rewards == jnp.max(rewards, axis=1, keepdims=True)
-    noise = jax.random.uniform(key, rewards.shape, rewards.dtype)
-    return jnp.argmax(jnp.where(top, noise, -1.0), axis=1)

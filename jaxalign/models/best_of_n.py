@@ -9,7 +9,7 @@ One call of :func:`best_of_n_generate`, for ``B`` prompts:
 2. Each candidate (prompt + response, with its attention mask) is scored by the
    reward function, giving ``candidate_rewards`` of shape ``[B, n]``.
 3. Per prompt, the winner is an argmax of the ``n`` rewards, ties broken uniformly at
-   random (:func:`jaxalign.losses.best_of_n_select`).
+   random (:func:`best_of_n_select`).
 
 Because the ``n`` candidates are i.i.d. draws from the sampling policy ``p`` and the
 tie-break ignores which response a candidate is, the winner has exactly the law
@@ -43,14 +43,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from jaxalign._checks import is_concrete
-from jaxalign.losses.policy_gradient import best_of_n_select
+from jaxalign._checks import as_float_array, is_concrete
 from jaxalign.models.heads import RewardModel, rewards
 from jaxalign.models.sampling import Generation, generate
 
 RewardFn = Callable[[Int[Array, "m t"], Bool[Array, "m t"]], Float[Array, " m"]]
+
+
+def best_of_n_select(rewards: Float[ArrayLike, "b n"], *, key: jax.Array) -> jax.Array:
+    """Index of the best of ``n`` candidates per row, ties broken uniformly at random.
+
+    The sampling counterpart of :func:`jaxalign.kl.best_of_n_policy`: draw ``n``
+    responses per prompt (e.g. :func:`jaxalign.models.generate`), score them with a reward
+    model, keep ``candidates[i, best_of_n_select(rewards, key=k)[i]]``.
+    """
+    rewards = as_float_array("rewards", rewards, ndim=2)
+    top = rewards == jnp.max(rewards, axis=1, keepdims=True)
+    noise = jax.random.uniform(key, rewards.shape, rewards.dtype)
+    return jnp.argmax(jnp.where(top, noise, -1.0), axis=1)
 
 
 class BestOfN(NamedTuple):

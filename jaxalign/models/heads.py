@@ -35,7 +35,7 @@ from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf import load_pretrained, read_hf_config
 from jaxalign.models.layers import Dense, draw_normal_params
 from jaxalign.models.sharding import LogicalRules
-from jaxalign.models.transformer import Constructible, Transformer, _default_mask
+from jaxalign.models.transformer import Constructible, Transformer, default_attention_mask
 
 
 def last_token_index(attention_mask: Int[Array, "b l"]) -> Int[Array, " b"]:
@@ -65,7 +65,7 @@ class RewardModel(Constructible):
     ) -> Float[Array, "b labels"]:
         """Head outputs at each row's last real token, float32 (batch, num_labels)."""
         tokens = jnp.asarray(tokens)
-        mask = _default_mask(tokens, attention_mask)
+        mask = default_attention_mask(tokens, attention_mask)
         hidden = self.model.encode(tokens, mask)
         return self.score(_pool(hidden, mask)).astype(jnp.float32)
 
@@ -143,7 +143,7 @@ class PreferenceModel(Constructible):
     ) -> tuple[Float[Array, " b"], Float[Array, "b k2"]]:
         """(scalar score r, preference embedding v) at each row's last real token."""
         tokens = jnp.asarray(tokens)
-        mask = _default_mask(tokens, attention_mask)
+        mask = default_attention_mask(tokens, attention_mask)
         pooled = _pool(self.model.encode(tokens, mask), mask)
         r = self.reward(pooled).astype(jnp.float32)[:, 0]
         if self.embedding is None:
@@ -168,8 +168,8 @@ class PreferenceModel(Constructible):
                 f"tokens_a.shape={tokens_a.shape} must equal tokens_b.shape={tokens_b.shape} "
                 "(pad both sides to one length)"
             )
-        mask_a = _default_mask(tokens_a, mask_a)
-        mask_b = _default_mask(tokens_b, mask_b)
+        mask_a = default_attention_mask(tokens_a, mask_a)
+        mask_b = default_attention_mask(tokens_b, mask_b)
         r, v = self.features(
             jnp.concatenate([tokens_a, tokens_b]), jnp.concatenate([mask_a, mask_b])
         )

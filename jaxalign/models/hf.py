@@ -176,7 +176,9 @@ class _Checkpoint(contextlib.ExitStack):
         self.directory = directory
         index, single = directory / INDEX_FILE, directory / SINGLE_FILE
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index} has no 'weight_map' object naming each tensor's file")
             files = sorted(set(weight_map.values()))
         elif single.exists():
             weight_map, files = None, [SINGLE_FILE]
@@ -190,13 +192,17 @@ class _Checkpoint(contextlib.ExitStack):
         missing_files = [f for f in files if not (directory / f).exists()]
         if missing_files:
             raise ValueError(f"{directory / INDEX_FILE} lists missing files: {missing_files}")
-        for file in files:
-            handle = self.enter_context(safe_open(str(directory / file), framework="numpy"))
-            for name in handle.keys():
-                if weight_map is not None and weight_map.get(name) != file:
-                    continue
-                self.tensors[name] = handle.get_slice(name)
-                self.source[name] = file
+        try:
+            for file in files:
+                handle = self.enter_context(_open_safetensors(directory / file))
+                for name in handle.keys():
+                    if weight_map is not None and weight_map.get(name) != file:
+                        continue
+                    self.tensors[name] = handle.get_slice(name)
+                    self.source[name] = file
+        except BaseException:
+            self.close()  # the files opened so far
+            raise
         if weight_map is not None:
             absent = sorted(n for n, f in weight_map.items() if self.source.get(n) != f)
             if absent:
@@ -206,6 +212,38 @@ class _Checkpoint(contextlib.ExitStack):
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.tensors[name].get_shape())
+
+
+def _open_safetensors(path: Path):
+    """``safe_open(path)``; a truncated or corrupt file is a ValueError naming it."""
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as e:  # safetensors raises its own SafetensorError (not a ValueError)
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(64)
+        hint = (
+            "it is a Git LFS pointer, not the weights (fetch them: git lfs pull)"
+            if head.startswith(b"version https://git-lfs")
+            else "the file is truncated or corrupt (an interrupted download or copy?); "
+            "download or save it again"
+        )
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({e}; {size} bytes): {hint}"
+        ) from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; invalid JSON is a ValueError naming the file and line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}); expected JSON") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _check(specs: Sequence[TensorSpec], ckpt: _Checkpoint, ignore: Callable[[str], bool]) -> None:
@@ -239,7 +277,7 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     file = Path(path) / CONFIG_NAME
     if not file.exists():
         raise ValueError(f"{path} is not a local HF model directory: {CONFIG_NAME} not found")
-    return json.loads(file.read_text())
+    return _read_json(file)
 
 
 def _dtype_name(dtype) -> str | None:

@@ -25,7 +25,7 @@ mixture that Nash-MD-PG samples opponents from,
     \operatorname{log\_softmax}\big(\alpha \log\pi_{ref}(\cdot \mid x, y_{<t})
     + (1-\alpha) \log\pi(\cdot \mid x, y_{<t})\big)_{y_t},
 
-(:func:`jaxalign.losses.token_level_mixture`), then temperature and top-p as usual.
+(:func:`token_level_mixture`), then temperature and top-p as usual.
 Per step this is the normalised geometric mean of the two next-token distributions;
 over whole sequences it is **not** the sequence-level mixture
 :math:`\pi^{1-\alpha}\pi_{ref}^{\alpha}/Z` of Nash-MD's theory
@@ -50,8 +50,24 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxalign._checks import is_concrete
-from jaxalign.losses.pairwise import token_level_mixture
 from jaxalign.models.transformer import positions_from_mask
+
+
+def token_level_mixture(
+    policy_logits: Float[ArrayLike, "... v"], ref_logits: Float[ArrayLike, "... v"], *, mix: float
+) -> Float[Array, "... v"]:
+    r"""The per-token geometric mixture Nash-MD-PG samples opponents from:
+    ``log_softmax(mix · ref_logits + (1 − mix) · policy_logits)``.
+
+    This is **not** the sequence-level mixture of the theory,
+    :math:`\pi^\mu \propto \pi^{1-\text{mix}}\pi_{ref}^{\text{mix}}` over whole sequences;
+    see :func:`sequence_level_mixture` and the ``tokenmix-vs-seqmix`` study.
+    """
+    if is_concrete(mix) and not 0 <= float(mix) <= 1:
+        raise ValueError(f"mix must be in [0, 1], got {mix!r}")
+    p = jax.nn.log_softmax(jnp.asarray(policy_logits), axis=-1)
+    r = jax.nn.log_softmax(jnp.asarray(ref_logits), axis=-1)
+    return jax.nn.log_softmax(mix * r + (1 - mix) * p, axis=-1)
 
 
 class Generation(NamedTuple):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import jax
 from flax import nnx
@@ -23,6 +23,8 @@ from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign.parallel.rules import DEFAULT_RULES as _PARALLEL_DEFAULT_RULES
+from jaxalign.parallel.rules import LogicalRules as ParallelRules
+from jaxalign.parallel.rules import logical_to_pspec
 
 LogicalRules: TypeAlias = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -47,10 +49,6 @@ def current_rules() -> LogicalRules:
     return flax_spmd.get_logical_axis_rules() or DEFAULT_RULES
 
 
-def _axis_sizes(mesh) -> dict[str, int]:
-    return dict(zip(mesh.axis_names, mesh.axis_sizes)) if mesh is not None else {}
-
-
 def logical_to_spec(
     names: Sequence[str | None],
     rules: LogicalRules | None = None,
@@ -60,45 +58,32 @@ def logical_to_spec(
 ) -> PartitionSpec:
     """PartitionSpec for an array whose dimensions carry logical ``names``.
 
+    :func:`jaxalign.parallel.logical_to_pspec` (the one resolver) in its lenient form: a
+    name without a rule, or mapped to a mesh axis the mesh lacks, is replicated, so a
+    model annotated once runs on any mesh.
+
     Args:
       names: one logical name (or None = replicated) per dimension.
       rules: (logical name, mesh axis | tuple of mesh axes | None) pairs; the first
         match wins. Defaults to :func:`current_rules`.
       mesh: when given, mesh axes it lacks are dropped and (with ``shape``) so are
         axes whose size does not divide the dimension.
-      shape: the array's shape, for the divisibility check.
+      shape: the array's shape, for the divisibility check (used with ``mesh``).
 
     Returns:
       A ``PartitionSpec`` with one entry per dimension.
     """
     rules = current_rules() if rules is None else rules
-    table: dict[str, tuple[str, ...]] = {}
+    table: dict[str, Any] = {}
     for logical, physical in rules:
-        if logical in table:
-            continue
-        if physical is None:
-            table[logical] = ()
-        elif isinstance(physical, str):
-            table[logical] = (physical,)
-        else:
-            table[logical] = tuple(physical)
-    sizes = _axis_sizes(mesh)
-    used: set[str] = set()
-    spec: list[str | tuple[str, ...] | None] = []
-    for dim, name in enumerate(names):
-        axes = []
-        extent = 1
-        for axis in table.get(name, ()) if name is not None else ():
-            if axis in used or (mesh is not None and axis not in sizes):
-                continue
-            size = sizes.get(axis, 1)
-            if shape is not None and mesh is not None and shape[dim] % (extent * size):
-                continue
-            axes.append(axis)
-            extent *= size
-        used.update(axes)
-        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-    return PartitionSpec(*spec)
+        table.setdefault(logical, physical)  # the first match wins
+    return logical_to_pspec(
+        names,
+        ParallelRules(table),
+        mesh=mesh,
+        shape=None if mesh is None else shape,
+        strict=False,
+    )
 
 
 def logical_sharding(

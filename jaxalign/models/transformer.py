@@ -100,7 +100,7 @@ def segment_causal_mask(
     return mask
 
 
-def _default_mask(tokens: jax.Array, attention_mask) -> jax.Array:
+def default_attention_mask(tokens: jax.Array, attention_mask) -> jax.Array:
     if attention_mask is None:
         return jnp.ones(tokens.shape, jnp.int32)
     mask = jnp.asarray(attention_mask)
@@ -255,7 +255,7 @@ class Transformer(Constructible):
             mask = segment_causal_mask(segment_ids, branch_ids)
             hidden, _ = self(tokens, positions, mask)
             return hidden
-        mask = _default_mask(tokens, attention_mask)
+        mask = default_attention_mask(tokens, attention_mask)
         positions = positions_from_mask(mask) if positions is None else positions
         hidden, _ = self(tokens, positions, causal_padding_mask(mask))
         return hidden
@@ -352,6 +352,6 @@ def _apply(graphdef, state, tokens, attention_mask):
 def logits(model: CausalLM, tokens, attention_mask=None) -> Float[Array, "b t v"]:
     """Jitted ``model(tokens, attention_mask=...)`` (compiled once per shape and graph)."""
     tokens = jnp.asarray(tokens)
-    mask = _default_mask(tokens, attention_mask)
+    mask = default_attention_mask(tokens, attention_mask)
     graphdef, state = nnx.split(model)
     return _apply(graphdef, state, tokens, mask)

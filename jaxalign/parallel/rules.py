@@ -159,8 +159,12 @@ def logical_to_pspec(
     *,
     mesh: Mesh | None = None,
     shape: Sequence[int] | None = None,
+    strict: bool = True,
 ) -> PartitionSpec:
     """Translates one array's logical dimension names into a ``PartitionSpec``.
+
+    The one logical-axis resolver of jaxalign: the model's parameter and activation
+    shardings (:mod:`jaxalign.models.sharding`) and the batch shardings all come from it.
 
     Args:
         names: one entry per array dimension: a logical name, a tuple of logical
@@ -172,6 +176,9 @@ def logical_to_pspec(
         shape: the array's shape; if given (with ``mesh``), mesh axes that would
             not divide a dimension evenly are skipped (that part replicated), and
             ``names`` shorter than the rank are padded with None.
+        strict: unknown logical names and mesh axes the mesh lacks are errors (the
+            default, for configs); ``False`` replicates those dimensions instead (for a
+            model annotated once and run on meshes of any shape, e.g. a 2-axis test mesh).
 
     Returns:
         A ``PartitionSpec`` over mesh axis names, one entry per dimension.
@@ -200,10 +207,12 @@ def logical_to_pspec(
         logical = (entry,) if isinstance(entry, str) else tuple(entry)
         axes: list[str] = []
         for name in logical:
-            if name is None:
+            if name is None or (not strict and name not in rules):
                 continue
             for axis in rules.mesh_axes(name):
                 if mesh_sizes is not None and axis not in mesh_sizes:
+                    if not strict:
+                        continue
                     raise ValueError(
                         f"logical axis {name!r} maps to mesh axis {axis!r}, which the mesh "
                         f"does not have (mesh axes: {list(mesh_sizes)})"

@@ -1,37 +1,48 @@
-"""Sharded training of preference-optimisation objectives: offline (DPO, IPO, robust DPO)
-and online (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO).
+"""Sharded training of every alignment objective through one engine.
 
-* :class:`TrainConfig` / :func:`load_train_config` — typed run config from YAML
-  (``configs/train/*.yaml``) plus dotted overrides.
-* :func:`train` — the driver: shape-first sharded init, one jitted step with
-  donation, gradient accumulation, AdamW with warmup + decay and clipping,
-  JSONL metrics (loss, DPO margins/accuracy, norms, KL estimates, tokens/s,
-  MFU), Orbax checkpoints with exact resume, SIGTERM/SIGINT checkpointing and
-  NaN stops.
-* :func:`dpo_train_step` — the pure step function; :class:`TrainState`,
-  :func:`init_train_state`, :func:`train_shardings` — its state.
-* :func:`multiobjective_dpo_step` — K DPO losses combined by a
-  :mod:`jaxalign.multiobjective` aggregator inside one jitted step.
-* :class:`OnlineTrainer` / :func:`online_train` — online Nash preference optimisation
-  (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO) of a causal LM with a preference oracle
-  (:mod:`jaxalign.train.oracles`), on real prompts or scored exactly on the enumerable
-  testbed; :func:`tabular_baseline` runs the matching :mod:`jaxalign.games` solver.
-* :class:`PolicyGradientTrainer` — KL-regularised policy gradient (RLOO / GRPO baselines,
-  k1/k2/k3 KL) against a reward model, scored exactly against π_ref e^{r/β} on the testbed.
+* :class:`TrainConfig` / :func:`load_train_config` — one typed run config for every
+  algorithm (``configs/train/*.yaml`` plus dotted overrides).
+* :func:`train` — runs a config through the engine (:mod:`jaxalign.train.engine`): run
+  directory and lock, config snapshot, mesh, shape-first sharded init, one jitted step
+  with donation, Orbax checkpoints with exact resume, SIGTERM/SIGINT checkpointing, NaN
+  stops, JSONL/TensorBoard/W&B metrics and a summary; the task
+  (:mod:`jaxalign.train.tasks`) says what a step computes:
+
+  - offline pairwise losses (DPO, IPO, robust DPO) on preference data — padded or packed
+    batches, reference log-probs in the step or precomputed
+    (:func:`preference_train_step`);
+  - multi-objective DPO (:func:`multiobjective_train_step`);
+  - online Nash preference optimisation (INPO, ONPO, online IPO, MNPO, EGPO, Nash-MD) with
+    a preference oracle (:mod:`jaxalign.train.oracles`), on prompts or scored exactly on
+    the enumerable testbed (:class:`~jaxalign.train.tasks.nash.NashIteration`);
+  - KL-regularised policy gradient (:class:`~jaxalign.train.tasks.policy_gradient.PGStep`).
 """
 
-from jaxalign.train.checkpoint import Checkpointer, CheckpointError
+from jaxalign.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointMismatchError,
+    check_checkpoint_model,
+)
 from jaxalign.train.config import (
+    ALGORITHMS,
+    MULTIOBJECTIVE_ALGORITHMS,
+    NASH_ALGORITHMS,
     OFFLINE_ALGORITHMS,
+    POLICY_GRADIENT_ALGORITHMS,
     AlgorithmConfig,
     CheckpointConfig,
     DebugConfig,
     InitConfig,
     LoggingConfig,
+    OnlineLoopConfig,
     OptimizerConfig,
+    OracleConfig,
+    PromptsConfig,
     RunConfig,
     ScheduleConfig,
     ShardingConfig,
+    TestbedConfig,
     TinyDataConfig,
     TrainConfig,
     TrainDataConfig,
@@ -39,13 +50,9 @@ from jaxalign.train.config import (
     load_train_config,
     train_config_from_dict,
 )
-from jaxalign.train.loop import NonFiniteError, TrainResult, save_run_summary, train
-from jaxalign.train.metrics import (
-    dpo_step_flops,
-    matmul_params,
-    measure_matmul_peak,
-    read_jsonl,
-)
+from jaxalign.train.engine import NonFiniteError, RunLockedError, TrainResult, run
+from jaxalign.train.metric_writer import MetricWriter, read_jsonl
+from jaxalign.train.metrics import dpo_step_flops, matmul_params, measure_matmul_peak
 from jaxalign.train.multiobjective import (
     PER_OBJECTIVE_METRICS,
     MultiObjectiveMetrics,
@@ -53,45 +60,20 @@ from jaxalign.train.multiobjective import (
     multiobjective_dpo_step,
     multiobjective_train_step,
 )
-from jaxalign.train.online import ALGORITHMS as ONLINE_ALGORITHMS
-from jaxalign.train.online import (
-    FixedPrompt,
-    OnlineConfig,
-    OnlineHistory,
-    OnlineResult,
-    OnlineTrainer,
-    PolicySampler,
-    PromptSource,
-    TestbedTask,
-    average_policy_gaps,
-    online_train,
-    tabular_baseline,
-    tabular_solver,
-)
-from jaxalign.train.online_run import (
-    OnlineTrainConfig,
-    load_online_config,
-    train_online,
-)
 from jaxalign.train.optim import make_optimizer, make_schedule
 from jaxalign.train.oracles import (
     Oracle,
     Responses,
     annotator_mixture_oracle,
+    bind_oracle,
     enumerated_game,
     load_oracle,
+    oracle_params,
     preference_model_oracle,
     responses_from_generation,
     reward_model_oracle,
     testbed_oracle,
     testbed_responses,
-)
-from jaxalign.train.policy_gradient import (
-    KLScorer,
-    PolicyGradientConfig,
-    PolicyGradientTrainer,
-    reward_model_fn,
-    testbed_pg_trainer,
 )
 from jaxalign.train.state import (
     Shardings,
@@ -105,42 +87,53 @@ from jaxalign.train.step import (
     dpo_train_step,
     preference_gradient,
     preference_train_step,
+    reference_sequence_logprobs,
+    shard_preference_batch,
 )
+from jaxalign.train.tasks import TASK_KINDS, RunContext, Task, make_task
+
+
+def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
+    """Runs (or resumes) ``config`` with its task (:func:`~jaxalign.train.tasks.make_task`)
+    through the engine; see :func:`jaxalign.train.engine.run` for the guarantees."""
+    return run(config, make_task, quiet=quiet)
+
 
 __all__ = [
+    "ALGORITHMS",
     "LOSSES",
+    "MULTIOBJECTIVE_ALGORITHMS",
+    "NASH_ALGORITHMS",
     "OFFLINE_ALGORITHMS",
-    "ONLINE_ALGORITHMS",
     "PER_OBJECTIVE_METRICS",
+    "POLICY_GRADIENT_ALGORITHMS",
+    "TASK_KINDS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CheckpointError",
+    "CheckpointMismatchError",
     "Checkpointer",
     "DebugConfig",
-    "FixedPrompt",
     "InitConfig",
-    "KLScorer",
     "LoggingConfig",
+    "MetricWriter",
     "MultiObjectiveMetrics",
     "NonFiniteError",
-    "OnlineConfig",
-    "OnlineHistory",
-    "OnlineResult",
-    "OnlineTrainConfig",
-    "OnlineTrainer",
+    "OnlineLoopConfig",
     "OptimizerConfig",
     "Oracle",
-    "PolicyGradientConfig",
-    "PolicyGradientTrainer",
-    "PolicySampler",
+    "OracleConfig",
     "PreferenceBatches",
-    "PromptSource",
+    "PromptsConfig",
     "Responses",
     "RunConfig",
+    "RunContext",
+    "RunLockedError",
     "ScheduleConfig",
     "ShardingConfig",
     "Shardings",
-    "TestbedTask",
+    "Task",
+    "TestbedConfig",
     "TinyDataConfig",
     "TrainConfig",
     "TrainDataConfig",
@@ -148,37 +141,35 @@ __all__ = [
     "TrainState",
     "abstract_model",
     "annotator_mixture_oracle",
-    "average_policy_gaps",
+    "bind_oracle",
+    "check_checkpoint_model",
     "config_to_dict",
     "dpo_step_flops",
     "dpo_train_step",
     "enumerated_game",
     "init_train_state",
-    "load_online_config",
     "load_oracle",
     "load_train_config",
     "make_optimizer",
     "make_schedule",
+    "make_task",
     "matmul_params",
     "measure_matmul_peak",
     "multiobjective_dpo_step",
     "multiobjective_train_step",
-    "online_train",
+    "oracle_params",
     "preference_gradient",
     "preference_model_oracle",
     "preference_train_step",
     "read_jsonl",
+    "reference_sequence_logprobs",
     "responses_from_generation",
-    "reward_model_fn",
     "reward_model_oracle",
-    "save_run_summary",
-    "tabular_baseline",
-    "tabular_solver",
+    "run",
+    "shard_preference_batch",
     "testbed_oracle",
-    "testbed_pg_trainer",
     "testbed_responses",
     "train",
     "train_config_from_dict",
-    "train_online",
     "train_shardings",
 ]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from jaxalign.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from jaxalign.data import DataConfig
 from jaxalign.data.synthetic import TINY_RULES
+from jaxalign.games import algorithms as games_algorithms
 from jaxalign.models import ModelConfig
 from jaxalign.parallel import DistributedConfig, MeshConfig
 
@@ -142,15 +143,32 @@ class ScheduleConfig:
             _bad("end_lr_ratio", self.end_lr_ratio, "a number in [0, 1]")
 
 
-#: The offline preference losses ``algorithm.name`` selects (see :class:`AlgorithmConfig`).
-OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo", "multiobjective_dpo")
+#: Every ``algorithm.name`` of ``jaxalign train``, by the task that runs it.
+OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo")  # preference data (or the testbed)
+MULTIOBJECTIVE_ALGORITHMS = ("multiobjective_dpo",)  # K preference datasets
+NASH_ALGORITHMS = games_algorithms.NASH_ALGORITHMS  # online
+POLICY_GRADIENT_ALGORITHMS = ("kl_pg",)  # online, against a reward
+ALGORITHMS = (
+    *OFFLINE_ALGORITHMS,
+    *MULTIOBJECTIVE_ALGORITHMS,
+    *NASH_ALGORITHMS,
+    *POLICY_GRADIENT_ALGORITHMS,
+)
 
-# The hyperparameters each loss reads; the others must keep their defaults.
+# The hyperparameters each algorithm reads; the others must keep their defaults.
 _ALGORITHM_FIELDS = {
     "dpo": ("beta", "label_smoothing"),
     "ipo": ("tau",),
     "robust_dpo": ("beta", "flip_rate"),
     "multiobjective_dpo": ("beta", "label_smoothing", "aggregator", "weights", "radius"),
+    "inpo": ("step_size", "tau"),
+    "onpo": ("step_size",),
+    "online_ipo": ("tau",),
+    "mnpo": ("step_size", "tau", "num_players", "opponent_weights"),
+    "egpo": ("step_size", "tau"),
+    "nash_md": ("step_size", "tau", "mixture"),
+    "sppo": ("step_size",),
+    "kl_pg": ("beta", "group_size", "baseline", "estimator", "kl_mode", "normalise"),
 }
 
 # Within multiobjective_dpo: the fields each aggregator reads (the keys are
@@ -162,10 +180,14 @@ _AGGREGATOR_FIELDS = {
     "raco": ("weights", "radius"),
 }
 
+# τ when a config leaves it unset: IPO's log-ratio target 1/(2τ) needs τ > 0.
+_TAU_DEFAULTS = {"ipo": 0.1, "online_ipo": 0.1}
+
 
 @dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
-    """The preference-optimisation objective (an offline loss on preference pairs).
+    """The training objective: an offline loss on preference pairs, multi-objective DPO, an
+    online Nash algorithm or KL-regularised policy gradient.
 
     With ``h = (log π_w − log π_ref,w) − (log π_l − log π_ref,l)`` the anchored log-ratio:
 
@@ -175,35 +197,58 @@ class AlgorithmConfig:
     * ``robust_dpo`` (Chowdhury et al. 2024): ``[(1−ε)·softplus(−βh) − ε·softplus(βh)]/(1−2ε)``,
       ε = ``flip_rate``: unbiased for the clean DPO loss under labels flipped at rate ε;
     * ``multiobjective_dpo`` (Zhou et al. 2024): one DPO loss ``L_k`` (β, ε as ``dpo``) per
-      dataset of ``data.paths``; each step combines the K gradients ``g_k = ∇L_k`` with
-      ``aggregator``: ``weighted_sum`` (``Σ_k w_k g_k``, i.e. DPO on ``Σ_k w_k L_k``),
-      ``mgda`` (min-norm point of the gradients' convex hull: no ``L_k`` increases to
-      first order), ``cagrad`` (radius ``c`` around the mean gradient) or ``raco`` (radius
-      ``c`` around ``Σ_k w_k g_k``, clipped by ``w``); see
-      :func:`jaxalign.train.multiobjective.multiobjective_train_step`.
+      dataset of ``data.paths``; each step combines the K gradients with ``aggregator``:
+      ``weighted_sum`` (``Σ_k w_k g_k``), ``mgda`` (min-norm point of the gradients' convex
+      hull), ``cagrad`` (radius ``c`` around the mean gradient) or ``raco`` (radius ``c``
+      around ``Σ_k w_k g_k``, clipped by ``w``);
+    * ``inpo``, ``onpo``, ``online_ipo``, ``mnpo``, ``egpo``, ``nash_md``, ``sppo``: online Nash
+      preference optimisation, one outer iteration per step (sample pairs from the
+      algorithm's policy, label them with ``oracle``, fit the pairwise loss whose population
+      minimiser is the tabular update with step size ``step_size`` and KL weight ``tau``);
+      see :mod:`jaxalign.train.tasks.nash`;
+    * ``kl_pg``: KL-regularised policy gradient, maximising ``E r − β KL(π‖π_ref)`` with a
+      group baseline (``group_size`` responses per prompt); see
+      :mod:`jaxalign.train.tasks.policy_gradient`.
 
-    A field the chosen loss does not read must keep its default (a set ``tau`` with
+    A field the chosen algorithm does not read must keep its default (a set ``tau`` with
     ``name: dpo`` is an error rather than silently ignored); within ``multiobjective_dpo``
     the same holds for ``weights`` (weighted_sum, raco) and ``radius`` (cagrad, raco).
     """
 
-    name: Literal["dpo", "ipo", "robust_dpo", "multiobjective_dpo"] = "dpo"  # the loss
-    beta: float = 0.1  # dpo, robust_dpo, multiobjective_dpo: KL strength / logistic scale β > 0
+    name: Literal[
+        "dpo", "ipo", "robust_dpo", "multiobjective_dpo", "inpo", "onpo", "online_ipo",
+        "mnpo", "egpo", "nash_md", "sppo", "kl_pg",
+    ] = "dpo"  # fmt: skip
+    # dpo, robust_dpo, multiobjective_dpo: logistic scale β > 0; kl_pg: KL coefficient β ≥ 0
+    beta: float = 0.1
     label_smoothing: float = 0.0  # dpo, multiobjective_dpo: ε ∈ [0, ½), conservative DPO
-    tau: float = 0.1  # ipo: regularisation τ > 0; the log-ratio target is 1/(2τ)
+    # ipo / online_ipo: τ > 0 (log-ratio target 1/(2τ); default 0.1); inpo, mnpo, egpo,
+    # nash_md: KL weight to π_ref, s·τ ≤ 1 (default 0)
+    tau: float | None = None
     flip_rate: float = 0.0  # robust_dpo: assumed label-flip rate ε ∈ [0, ½)
     # multiobjective_dpo: how the K per-objective gradients become one update direction
     aggregator: Literal["weighted_sum", "mgda", "cagrad", "raco"] = "weighted_sum"
     weights: tuple[float, ...] = ()  # multiobjective_dpo: user weights w on the simplex; () = 1/K
     radius: float = 0.5  # multiobjective_dpo cagrad / raco: radius c >= 0 (raco: c < 1)
+    step_size: float = 1.0  # Nash algorithms: s, the update multiplies payoffs (π ∝ … e^{s·Pπ})
+    num_players: int = 3  # mnpo: the last num_players − 1 iterates are the opponents
+    opponent_weights: tuple[float, ...] | None = None  # mnpo: λ, newest first; null = uniform
+    mixture: Literal["token", "sequence"] = "token"  # nash_md: opponent sampler
+    group_size: int = 4  # kl_pg: responses per prompt (online.batch_size prompts per step)
+    baseline: Literal["none", "leave_one_out", "group_mean"] = "leave_one_out"  # kl_pg
+    estimator: Literal["k1", "k2", "k3"] = "k2"  # kl_pg: KL estimator of the loss term
+    kl_mode: Literal["loss", "reward"] = "loss"  # kl_pg: KL as a loss term or reward penalty
+    normalise: bool = False  # kl_pg: divide group-mean advantages by the group std (GRPO)
 
     def __post_init__(self):
-        if not self.beta > 0:
-            _bad("beta", self.beta, "> 0")
+        if not self.beta >= 0 or (self.name != "kl_pg" and not self.beta > 0):
+            _bad("beta", self.beta, "> 0 (kl_pg: >= 0)")
         if not 0 <= self.label_smoothing < 0.5:
             _bad("label_smoothing", self.label_smoothing, "a number in [0, 0.5)")
-        if not self.tau > 0:
-            _bad("tau", self.tau, "> 0")
+        if self.tau is not None and not self.tau >= 0:
+            _bad("tau", self.tau, ">= 0")
+        if self.name in ("ipo", "online_ipo") and not self.resolved_tau > 0:
+            _bad("tau", self.tau, f"> 0 for {self.name} (its log-ratio target is 1/(2τ))")
         if not 0 <= self.flip_rate < 0.5:
             _bad("flip_rate", self.flip_rate, "a number in [0, 0.5)")
         weights = tuple(self.weights)
@@ -214,6 +259,24 @@ class AlgorithmConfig:
             _bad("radius", self.radius, ">= 0")
         if self.aggregator == "raco" and not self.radius < 1:
             _bad("radius", self.radius, "< 1 for aggregator=raco")
+        if not self.step_size > 0:
+            _bad("step_size", self.step_size, "> 0")
+        if (
+            self.name in ("inpo", "mnpo", "egpo", "nash_md")
+            and self.step_size * self.resolved_tau > 1
+        ):
+            _bad("step_size * tau", self.step_size * self.resolved_tau,
+                 "<= 1 (the anchor weight 1 − s·τ must be >= 0)")  # fmt: skip
+        if self.num_players < 2:
+            _bad("num_players", self.num_players, ">= 2")
+        if self.opponent_weights is not None:
+            w = tuple(self.opponent_weights)
+            object.__setattr__(self, "opponent_weights", w)
+            if len(w) != self.num_players - 1 or any(x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
+                _bad("opponent_weights", list(w),
+                     f"{self.num_players - 1} non-negative weights summing to 1")  # fmt: skip
+        if self.group_size < 1 or (self.baseline != "none" and self.group_size < 2):
+            _bad("group_size", self.group_size, ">= 2 with a baseline (>= 1 without)")
         used = _ALGORITHM_FIELDS[self.name]
         for field in dataclasses.fields(self):
             if field.name == "name" or field.name in used:
@@ -224,7 +287,7 @@ class AlgorithmConfig:
                 raise ValueError(
                     f"{field.name}={value!r} is not used by name={self.name!r} (only by "
                     f"{' / '.join(users)}); remove it or leave it at its default "
-                    f"{_default(field)!r}. {self.name} reads: {', '.join(used)}"
+                    f"{_default(field)!r}. {self.name} reads: {', '.join(used) or 'nothing'}"
                 )
         if self.name == "multiobjective_dpo":
             reads = _AGGREGATOR_FIELDS[self.aggregator]
@@ -239,11 +302,93 @@ class AlgorithmConfig:
                         f"{_default(field)!r}"
                     )
 
+    @property
+    def resolved_tau(self) -> float:
+        """τ, or the algorithm's default when unset (0.1 for IPO, 0 otherwise)."""
+        return _TAU_DEFAULTS.get(self.name, 0.0) if self.tau is None else float(self.tau)
+
     def objective_weights(self, num_objectives: int) -> tuple[float, ...]:
         """The user weights ``w`` of ``multiobjective_dpo`` (uniform ``1/K`` when unset)."""
         if self.weights:
             return self.weights
         return (1.0 / num_objectives,) * num_objectives
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineLoopConfig:
+    """Sampling and fitting of the online algorithms (Nash, kl_pg; dpo/ipo/robust_dpo on
+    the testbed)."""
+
+    batch_size: int = 64  # pairs per step (Nash: two responses per prompt; kl_pg: prompts)
+    inner_steps: int = 20  # Nash: Adam steps per fit (ONPO and EGPO fit twice)
+    learning_rate: float = 1e-2  # Adam learning rate of each fit (kl_pg: of the AdamW step)
+    adam_eps: float = 1e-3  # Adam ε, well above float32 round-off of the log-ratios
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass (1 = off)
+    max_new_tokens: int = 64  # response length cap (ignored on the testbed: L)
+
+    def __post_init__(self):
+        for name in ("batch_size", "inner_steps", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                _bad(name, getattr(self, name), "a positive integer")
+        for name in ("learning_rate", "adam_eps", "temperature"):
+            if not getattr(self, name) > 0:
+                _bad(name, getattr(self, name), "> 0")
+        if not 0 < self.top_p <= 1:
+            _bad("top_p", self.top_p, "a number in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedConfig:
+    """The enumerable testbed and its synthetic preference (every response enumerated,
+    every iterate scored exactly)."""
+
+    __test__ = False  # not a pytest class
+
+    # dpo / ipo / robust_dpo: train on pairs from π_ref on the testbed instead of text data
+    # (the online algorithms use the testbed whenever prompts.path is empty)
+    enabled: bool = False
+    alphabet_size: int = 3  # A = the model's vocab_size
+    response_length: int = 2  # L: A^L responses
+    preference: Literal["cyclic", "bradley_terry", "annotators"] = "cyclic"
+    strength: float = 2.0  # cyclic: rock-paper-scissors logit between styles
+    reward_scale: float = 0.5  # std of the random additive (per-position) rewards
+    num_annotators: int = 3  # annotators: BT annotators with different rewards
+    seed: int = 0  # the preference is a function of this seed
+
+    def __post_init__(self):
+        if self.alphabet_size < 2:
+            _bad("alphabet_size", self.alphabet_size, ">= 2")
+        if self.response_length < 1:
+            _bad("response_length", self.response_length, ">= 1")
+        if self.num_annotators < 1:
+            _bad("num_annotators", self.num_annotators, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptsConfig:
+    """Prompts of the online algorithms on text (a preference file works: chosen/rejected
+    are ignored)."""
+
+    path: str = ""  # JSONL/Parquet file or directory; "" = the testbed (or tiny prompts)
+    max_prompt_length: int = 256  # prompts keep their last tokens, left-padded to this
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    skip_malformed: bool = False  # true: skip and count malformed rows instead of stopping
+    use_chat_template: bool = True  # render chat prompts with the tokenizer's template
+    tiny: bool = False  # true (with path ""): the synthetic tiny prompts, tokenizer and model
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    """Who labels the pairs (Nash algorithms) or rewards the responses (kl_pg)."""
+
+    kind: Literal["testbed", "reward_model", "preference_model", "mixture"] = "testbed"
+    path: str = ""  # local HF directory of the reward / preference model
+    sample: bool = False  # true: Bernoulli 0/1 labels; false: soft P(a ≻ b)
+    # mixture of annotators: one kind and path per annotator, and their weights
+    kinds: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -280,10 +425,21 @@ class LoggingConfig:
     # The kl_ref metric: exact KL(π‖π_ref) over the whole vocabulary along the data. Costs
     # a reference forward pass and a second pass over the vocabulary in every step.
     kl_ref: bool = True
+    # Online algorithms on text prompts: the oracle's win rate of π_t against π_ref on
+    # eval_prompts fresh prompts, every eval_every steps (the testbed scores every step).
+    eval_every: int = 10
+    eval_prompts: int = 64
+    # Weights & Biases (the jaxalign[wandb] extra): log there too; mode "offline" (or
+    # WANDB_MODE=offline) needs no network and writes <run dir>/wandb/ for a later sync.
+    wandb: bool = False
+    wandb_project: str = "jaxalign"
+    wandb_mode: str | None = None
 
     def __post_init__(self):
         if self.every_steps < 1:
             _bad("every_steps", self.every_steps, "a positive integer")
+        if self.eval_every < 1 or self.eval_prompts < 1:
+            _bad("eval_every/eval_prompts", (self.eval_every, self.eval_prompts), "positive")
         if self.peak_flops is not None and not self.peak_flops > 0:
             _bad("peak_flops", self.peak_flops, "> 0 or null")
 
@@ -292,11 +448,13 @@ class LoggingConfig:
 class RunConfig:
     """Length, seed and place of a run."""
 
-    steps: int = 100  # optimizer steps in total (a resumed run continues to this)
-    seed: int = 0  # model init and per-step RNG
+    # steps in total (a resumed run continues to this); online algorithms: outer iterations
+    steps: int = 100
+    seed: int = 0  # model init and per-step RNG (step t uses fold_in(key, t))
     out_dir: str = "runs/dpo_tiny"  # run directory (config, metrics, checkpoints)
     resume: bool = False  # continue from the newest good checkpoint in out_dir
     overwrite: bool = False  # delete an existing out_dir first
+    save_model: bool = True  # write the final policy to <out_dir>/model (HF format)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -315,14 +473,29 @@ class DebugConfig:
     sigkill_after_step: int | None = None  # SIGKILL this process after logging this step
 
 
+def _default_model() -> ModelConfig:
+    return ModelConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run; see ``configs/train/dpo_tiny.yaml``."""
+    """A whole training run of any algorithm; see ``configs/train/*.yaml``.
 
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    Which sections an algorithm reads: offline losses ``data`` / ``tiny_data`` (or, with
+    ``testbed.enabled``, ``online`` + ``testbed`` + ``oracle``); ``multiobjective_dpo``
+    ``data.paths`` / ``tiny_data``; the Nash algorithms and ``kl_pg`` ``online``, ``oracle``
+    and either ``testbed`` (``prompts.path`` empty) or ``prompts``. ``optimizer`` and
+    ``schedule`` are the AdamW of the offline losses; the online fits use ``online``.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=_default_model)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
     tiny_data: TinyDataConfig = dataclasses.field(default_factory=TinyDataConfig)
+    online: OnlineLoopConfig = dataclasses.field(default_factory=OnlineLoopConfig)
+    testbed: TestbedConfig = dataclasses.field(default_factory=TestbedConfig)
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
+    oracle: OracleConfig = dataclasses.field(default_factory=OracleConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
@@ -334,9 +507,36 @@ class TrainConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     debug: DebugConfig = dataclasses.field(default_factory=DebugConfig)
 
+    @property
+    def task_kind(self) -> str:
+        """``offline``, ``multiobjective``, ``nash`` (incl. offline losses on the testbed) or
+        ``policy_gradient``: which task of :mod:`jaxalign.train.tasks` runs this config."""
+        name = self.algorithm.name
+        if name in MULTIOBJECTIVE_ALGORITHMS:
+            return "multiobjective"
+        if name in POLICY_GRADIENT_ALGORITHMS:
+            return "policy_gradient"
+        if name in NASH_ALGORITHMS or self.testbed.enabled:
+            return "nash"
+        return "offline"
+
+    @property
+    def testbed_mode(self) -> bool:
+        """Online algorithms: sampled on the enumerable testbed and scored exactly."""
+        if self.task_kind not in ("nash", "policy_gradient"):
+            return False
+        return self.testbed.enabled or (not self.prompts.path and not self.prompts.tiny)
+
     def __post_init__(self):
         if self.run.resume and not self.checkpoint.enabled:
             raise ValueError("run.resume=true needs checkpoint.enabled=true")
+        kind = self.task_kind
+        if kind in ("offline", "multiobjective"):
+            self._check_preference_data()
+        else:
+            self._check_online()
+
+    def _check_preference_data(self) -> None:
         accum = self.optimizer.grad_accum_steps
         if self.data.batch_size % accum:
             raise ValueError(
@@ -379,6 +579,46 @@ class TrainConfig:
                 f"there are K={k} objectives (data.paths, or tiny_data.objectives when empty)"
             )
 
+    def _check_online(self) -> None:
+        name = self.algorithm.name
+        if self.testbed_mode:
+            if self.init.pretrained:
+                _bad("init.pretrained", self.init.pretrained, '"" in testbed mode')
+            if self.model.vocab_size != self.testbed.alphabet_size:
+                raise ValueError(
+                    f"model.vocab_size={self.model.vocab_size} must equal "
+                    f"testbed.alphabet_size={self.testbed.alphabet_size} in testbed mode"
+                )
+        elif self.oracle.kind == "testbed":
+            raise ValueError(
+                "oracle.kind=testbed labels testbed responses only: set prompts.path to '' "
+                "(and prompts.tiny=false), or choose reward_model / preference_model / mixture"
+            )
+        if name in OFFLINE_ALGORITHMS and not self.testbed_mode:
+            raise ValueError(
+                f"{name} with testbed.enabled=true runs on the testbed only; for text data "
+                f"leave testbed.enabled=false (configs/train/{name}_hf.yaml)"
+            )
+        if name == "nash_md" and self.algorithm.mixture == "sequence" and not self.testbed_mode:
+            raise ValueError(
+                "algorithm.mixture=sequence samples the exact sequence-level mixture, which "
+                "needs the enumerable testbed; use mixture=token on text prompts"
+            )
+        if name == "kl_pg" and self.oracle.kind not in ("testbed", "reward_model"):
+            raise ValueError(
+                f"kl_pg needs a reward: oracle.kind=testbed (the testbed's additive reward) or "
+                f"reward_model, got {self.oracle.kind!r}"
+            )
+        if self.oracle.kind in ("reward_model", "preference_model") and not self.oracle.path:
+            _bad("oracle.path", "", f"a local {self.oracle.kind} directory")
+        if self.oracle.kind == "mixture":
+            o = self.oracle
+            if not o.paths or len(o.kinds) != len(o.paths):
+                raise ValueError(
+                    "oracle.kind=mixture needs oracle.kinds and oracle.paths, one entry per "
+                    f"annotator, got kinds={o.kinds} paths={o.paths}"
+                )
+
     @property
     def num_objectives(self) -> int:
         """K: ``len(data.paths)``, else (tiny data) ``len(tiny_data.objectives)``;
@@ -414,16 +654,24 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 __all__ = [
+    "ALGORITHMS",
+    "MULTIOBJECTIVE_ALGORITHMS",
+    "NASH_ALGORITHMS",
     "OFFLINE_ALGORITHMS",
+    "POLICY_GRADIENT_ALGORITHMS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "DebugConfig",
     "InitConfig",
     "LoggingConfig",
+    "OnlineLoopConfig",
     "OptimizerConfig",
+    "OracleConfig",
+    "PromptsConfig",
     "RunConfig",
     "ScheduleConfig",
     "ShardingConfig",
+    "TestbedConfig",
     "TinyDataConfig",
     "TrainConfig",
     "TrainDataConfig",

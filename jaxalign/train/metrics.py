@@ -1,4 +1,7 @@
-"""Step metrics on the host: model FLOPs, measured matmul peak, JSONL writer.
+"""Step metrics on the host: model FLOPs and the measured matmul peak.
+
+The JSONL helpers (``JsonlWriter``, ``read_jsonl``, ``truncate_jsonl``) live in
+:mod:`jaxalign.train.metric_writer` and are re-exported here for the existing callers.
 
 MFU (model FLOPs utilisation) = model FLOPs per step / step time / peak FLOP/s.
 Model FLOPs of a DPO step over a padded ``(B, L)`` batch of pairs (2B sequences):
@@ -12,16 +15,14 @@ embedding table and norms; the LM head counts, also when tied).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.models import ModelConfig
+from jaxalign.train.metric_writer import JsonlWriter, read_jsonl, truncate_jsonl
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -64,44 +65,6 @@ def measure_matmul_peak(
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best
-
-
-class JsonlWriter:
-    """Appends one JSON object per line; flushed per record so a killed run keeps its log."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All complete records of a JSONL file (a torn last line is ignored)."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
-
-
-def truncate_jsonl(path: str | Path, last_step: int, *, key: str = "step") -> int:
-    """Keeps records with ``record[key] <= last_step``; returns how many were dropped."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    records = read_jsonl(path)
-    kept = [r for r in records if r.get(key, 0) <= last_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    return len(records) - len(kept)
 
 
 __all__ = [

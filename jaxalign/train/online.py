@@ -6,7 +6,7 @@ Why: the Nash-learning algorithms (INPO, ONPO, online IPO, MNPO, Nash-MD, EGPO) 
 the next policy by minimising a pairwise loss of :mod:`jaxalign.losses.pairwise` against
 frozen anchors. The population minimiser of that loss is the tabular update of
 :mod:`jaxalign.games` (``step_size`` :math:`s`), so on the enumerable testbed
-(:mod:`jaxalign.data.testbed`) the LLM loop is scored with the *exact* duality gap and
+(:mod:`jaxalign.testbed`) the LLM loop is scored with the *exact* duality gap and
 compared with the tabular solver; on real prompts (:class:`OnlineTrainer` with a prompt
 dataset and a reward- or preference-model oracle, see :mod:`jaxalign.train.oracles`) the
 same loop trains a Hugging Face checkpoint, sharded over a mesh.
@@ -69,7 +69,7 @@ from jaxtyping import Array, Float, Int
 
 from jaxalign import _checks
 from jaxalign import games as G
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.losses import pairwise as pw
 from jaxalign.models import axis_rules, generate, sequence_logprobs, state_shardings
 from jaxalign.train.oracles import Oracle, Responses, testbed_oracle
@@ -669,7 +669,7 @@ class TestbedTask:
     """The testbed as a source of prompts, an exact sampler and an exact evaluator.
 
     ``evaluate(params)`` returns the exact enumerated log-policy and its
-    :class:`jaxalign.data.testbed.Evaluation` in ``game`` (τ = the algorithm's).
+    :class:`jaxalign.testbed.Evaluation` in ``game`` (τ = the algorithm's).
     """
 
     __test__ = False  # not a pytest class

@@ -8,7 +8,7 @@ population minimiser. Two modes, chosen by the config:
 
 * **testbed** (``prompts.path: ""`` and ``oracle.kind: testbed``): a transformer whose
   vocabulary is the testbed alphabet is trained against a synthetic preference over all
-  ``A^L`` responses (:mod:`jaxalign.data.testbed`); every iteration logs the *exact*
+  ``A^L`` responses (:mod:`jaxalign.testbed`); every iteration logs the *exact*
   duality gaps, KL and win rate, and the summary compares them with the matching tabular
   solver of :mod:`jaxalign.games` from the same start (``configs/train/<alg>_testbed.yaml``).
 * **prompts** (``prompts.path`` set, or the tiny synthetic prompts): a local Hugging Face
@@ -326,7 +326,7 @@ def load_online_config(
 
 
 def _testbed_game(cfg: TestbedConfig, testbed):
-    from jaxalign.data import testbed as tb
+    from jaxalign import testbed as tb
 
     key = jax.random.key(cfg.seed)
     if cfg.preference == "cyclic":
@@ -491,7 +491,7 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _testbed_run(config, oc, mesh, rules, key_model, out):
-    from jaxalign.data import testbed as tb
+    from jaxalign import testbed as tb
 
     del out
     testbed = tb.Testbed(
@@ -541,7 +541,7 @@ def _testbed_run(config, oc, mesh, rules, key_model, out):
 def _testbed_reward(cfg: TestbedConfig, testbed):
     """The additive reward r(y) = Σ_i R[i, y_i] of the testbed (R ~ N(0, reward_scale²),
     seeded by ``testbed.seed``; the Bradley–Terry preference's reward)."""
-    from jaxalign.data import testbed as tb
+    from jaxalign import testbed as tb
 
     shape = (cfg.num_annotators, testbed.response_length, testbed.alphabet_size)
     rewards = jax.random.normal(jax.random.key(cfg.seed), shape) * cfg.reward_scale
@@ -549,7 +549,7 @@ def _testbed_reward(cfg: TestbedConfig, testbed):
 
 
 def _pg_testbed_run(config, pc, mesh, rules, key_model, out):
-    from jaxalign.data import testbed as tb
+    from jaxalign import testbed as tb
 
     del out
     testbed = tb.Testbed(

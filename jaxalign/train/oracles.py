@@ -16,7 +16,7 @@ the testbed, so training against a learned judge is still scored with exact gaps
 Oracles here:
 
 * :func:`testbed_oracle` — the synthetic preference matrix of the enumerable testbed
-  (:mod:`jaxalign.data.testbed`): ``P[idx(a), idx(b)]``, optionally Bernoulli-sampled.
+  (:mod:`jaxalign.testbed`): ``P[idx(a), idx(b)]``, optionally Bernoulli-sampled.
 * :func:`reward_model_oracle` — Bradley–Terry on a :class:`~jaxalign.models.RewardModel`:
   :math:`P(a \succ b) = \sigma((r(a) - r(b))/T)`.
 * :func:`preference_model_oracle` — a general :class:`~jaxalign.models.PreferenceModel`:
@@ -51,7 +51,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from jaxalign import _checks
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.games import PreferenceGame
 from jaxalign.games.game import check_game
 from jaxalign.models.heads import (
@@ -276,26 +276,41 @@ def _model_oracle(
     temperature = jnp.asarray(temperature, jnp.float32)
     static = dict(graphdef=graphdef, probability=probability, sample=bool(sample))
 
-    def oracle(key: jax.Array, a: Responses, b: Responses) -> jax.Array:
-        _check_pair(a, b)
-        with contextlib.ExitStack() as stack:
-            if rules is not None:
-                stack.enter_context(axis_rules(rules))
-            # set_mesh is only allowed outside jit; under a caller's trace its mesh applies.
-            if mesh is not None and _checks.is_concrete(a.tokens):
-                stack.enter_context(jax.set_mesh(mesh))
-            return _judge(
-                state,
-                key,
-                temperature,
-                a.tokens,
-                a.attention_mask,
-                b.tokens,
-                b.attention_mask,
-                **static,
-            )
+    def bind(params):
+        def oracle(key: jax.Array, a: Responses, b: Responses) -> jax.Array:
+            _check_pair(a, b)
+            with contextlib.ExitStack() as stack:
+                if rules is not None:
+                    stack.enter_context(axis_rules(rules))
+                # set_mesh is only allowed outside jit; under a caller's trace its mesh applies.
+                if mesh is not None and _checks.is_concrete(a.tokens):
+                    stack.enter_context(jax.set_mesh(mesh))
+                return _judge(
+                    params,
+                    key,
+                    temperature,
+                    a.tokens,
+                    a.attention_mask,
+                    b.tokens,
+                    b.attention_mask,
+                    **static,
+                )
 
-    return oracle
+        oracle.params, oracle.bind = params, bind
+        return oracle
+
+    return bind(state)
+
+
+def oracle_params(oracle: Oracle):
+    """The arrays an oracle reads (a learned judge's parameters; None for a closed-form
+    one), so a jitted step can take them as an argument instead of baking them in."""
+    return getattr(oracle, "params", None)
+
+
+def bind_oracle(oracle: Oracle, params) -> Oracle:
+    """``oracle`` reading ``params`` (as given by :func:`oracle_params`, e.g. traced)."""
+    return oracle.bind(params) if hasattr(oracle, "bind") else oracle
 
 
 def _bradley_terry_probability(module, tokens_a, mask_a, tokens_b, mask_b, temperature):
@@ -458,21 +473,27 @@ def annotator_mixture_oracle(
         raise ValueError(f"oracles[{bad[0]}] is not callable: {oracles[bad[0]]!r}")
     w = _mixture_weights(weights, len(oracles))
 
-    def oracle(key: jax.Array, a: Responses, b: Responses) -> jax.Array:
-        keys = jax.random.split(key, len(oracles) + 2)
-        outputs = jnp.stack(
-            [jnp.asarray(o(k, a, b)) for o, k in zip(oracles, keys[: len(oracles)])]
-        )  # [M, B]
-        weights_m = jnp.asarray(w, outputs.dtype)
-        if not sample:
-            return jnp.einsum("m,mb->b", weights_m, outputs)
-        choice = jax.random.choice(
-            keys[-2], len(oracles), shape=outputs.shape[1:], p=weights_m
-        )  # [B] the annotator of each pair
-        prob = jnp.take_along_axis(outputs, choice[None, :], axis=0)[0]
-        return jax.random.bernoulli(keys[-1], prob).astype(outputs.dtype)
+    def bind(params):
+        members = tuple(bind_oracle(o, p) for o, p in zip(oracles, params))
 
-    return oracle
+        def oracle(key: jax.Array, a: Responses, b: Responses) -> jax.Array:
+            keys = jax.random.split(key, len(members) + 2)
+            outputs = jnp.stack(
+                [jnp.asarray(o(k, a, b)) for o, k in zip(members, keys[: len(members)])]
+            )  # [M, B]
+            weights_m = jnp.asarray(w, outputs.dtype)
+            if not sample:
+                return jnp.einsum("m,mb->b", weights_m, outputs)
+            choice = jax.random.choice(
+                keys[-2], len(members), shape=outputs.shape[1:], p=weights_m
+            )  # [B] the annotator of each pair
+            prob = jnp.take_along_axis(outputs, choice[None, :], axis=0)[0]
+            return jax.random.bernoulli(keys[-1], prob).astype(outputs.dtype)
+
+        oracle.params, oracle.bind = params, bind
+        return oracle
+
+    return bind(tuple(oracle_params(o) for o in oracles))
 
 
 # ----------------------------------------------------------------------------- exact games
@@ -489,7 +510,7 @@ def enumerated_game(
     r"""The exact ``n × n`` game of a soft oracle over every testbed response.
 
     Why: online training against a learned judge (reward or preference model) is then
-    scored exactly — duality gap, KL, win rate — by :func:`jaxalign.data.testbed.evaluate`
+    scored exactly — duality gap, KL, win rate — by :func:`jaxalign.testbed.evaluate`
     on the game the judge defines, as for the synthetic testbed preferences.
 
     .. math::
@@ -518,7 +539,7 @@ def enumerated_game(
     if not callable(oracle):
         raise ValueError(f"oracle must be callable, got {oracle!r}")
     if not isinstance(testbed, tb.Testbed):
-        raise ValueError(f"testbed must be a jaxalign.data.testbed.Testbed, got {testbed!r}")
+        raise ValueError(f"testbed must be a jaxalign.testbed.Testbed, got {testbed!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     _checks.check_nonnegative("tolerance", tolerance)
@@ -599,9 +620,11 @@ __all__ = [
     "Oracle",
     "Responses",
     "annotator_mixture_oracle",
+    "bind_oracle",
     "check_responses",
     "enumerated_game",
     "load_oracle",
+    "oracle_params",
     "preference_model_oracle",
     "responses_from_generation",
     "reward_model_oracle",

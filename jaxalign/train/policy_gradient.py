@@ -38,7 +38,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jaxalign import _checks
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.losses import kl_regularized_pg_loss
 from jaxalign.models import sequence_logprobs
 from jaxalign.train.online import FixedPrompt, PolicySampler, PromptSource

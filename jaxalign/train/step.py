@@ -32,8 +32,8 @@ response positions of the batch's chosen and rejected sequences: the policy's
 drift from the reference along the data, computed over the whole vocabulary, so
 it needs no on-policy samples), ``log_ratio`` (mean sequence log π/π_ref on the
 data), ``policy_chosen_logp``, ``policy_rejected_logp``, ``grad_norm`` (before
-clipping), ``param_norm``, ``update_norm``, ``lr``, ``tokens`` (non-padding tokens)
-and ``finite``.
+clipping), ``param_norm``, ``update_norm``, ``lr``, ``tokens`` (non-padding tokens),
+``computed_tokens`` (positions computed, padding included) and ``finite``.
 """
 
 from __future__ import annotations
@@ -330,9 +330,17 @@ def preference_train_step(
         update_norm=optax.tree.norm(updates),
         lr=jnp.asarray(lr_schedule(state.step), jnp.float32),
         tokens=tokens.astype(jnp.float32),
+        # Positions the step computes (real tokens + padding; packed rows × width).
+        computed_tokens=jnp.asarray(_computed_tokens(batch), jnp.float32),
         finite=finite.astype(jnp.float32),
     )
     return new_state, metrics
+
+
+def _computed_tokens(batch) -> int:
+    if isinstance(batch, PackedPreferenceBatch):
+        return batch.input_ids.size
+    return batch.chosen_input_ids.size + batch.rejected_input_ids.size
 
 
 def dpo_train_step(

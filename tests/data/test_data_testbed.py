@@ -8,7 +8,7 @@ import pytest
 from tiny_models import tiny_model_config
 
 from jaxalign import games
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.models import CausalLM, generate
 
 TB = tb.Testbed(alphabet_size=3, response_length=3)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from tiny_models import tiny_model_config
 
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.kl import best_of_n_policy
 from jaxalign.models import (
     CausalLM,

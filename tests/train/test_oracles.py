@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model_config
 
-from jaxalign.data import testbed as tb
+from jaxalign import testbed as tb
 from jaxalign.games import annotator_mixture_game
 from jaxalign.models import (
     Generation,

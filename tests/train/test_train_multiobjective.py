@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxalign.data.testbed import Testbed as _Testbed
 from jaxalign.losses import dpo_loss
 from jaxalign.models import CausalLM, ModelConfig, sequence_logprobs
+from jaxalign.testbed import Testbed as _Testbed
 from jaxalign.train.multiobjective import (
     PreferenceBatches,
     multiobjective_dpo_step,

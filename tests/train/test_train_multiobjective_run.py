@@ -121,7 +121,7 @@ def test_resume_repeats_the_uninterrupted_run(agg_runs, tmp_path):
     full = agg_runs["raco"]
     first = train(_agg_config(tmp_path, "raco", "run.steps=4"), quiet=True)
     meta = json.loads((tmp_path / "checkpoints" / "4" / "meta" / "metadata").read_text())
-    assert [p["index"] for p in meta["data"]] == [32, 32]  # both loaders' positions (4 × 8)
+    assert [p["index"] for p in meta["task"]["data"]] == [32, 32]  # both loaders' positions (4 × 8)
     resumed = train(_agg_config(tmp_path, "raco", f"run.steps={STEPS}", "run.resume=true"),
                     quiet=True)  # fmt: skip
     assert first.step == 4 and resumed.resumed_from == 4 and resumed.step == STEPS

@@ -20,7 +20,7 @@ from jaxalign.models import (
     from_pretrained,
     save_pretrained,
 )
-from jaxalign.train import ONLINE_ALGORITHMS, load_online_config, train_online
+from jaxalign.train import NASH_ALGORITHMS, load_train_config, train
 
 CONFIG = tiny_hf_model_config()
 
@@ -51,20 +51,20 @@ def _overrides(files, out, *extra):
         "online.learning_rate=1e-3",
         "logging.eval_every=1",
         "logging.eval_prompts=8",
-        "run.iterations=2",
+        "run.steps=2",
         f"run.out_dir={out}",
         *extra,
     ]
 
 
-@pytest.mark.parametrize("algorithm", ONLINE_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", NASH_ALGORITHMS)
 def test_online_hf_template_trains_a_saved_checkpoint(files, tmp_path, algorithm):
     path = repo_root() / "configs" / "train" / f"{algorithm}_hf.yaml"
-    cfg = load_online_config(path, _overrides(files, tmp_path / "run"))
+    cfg = load_train_config(path, _overrides(files, tmp_path / "run"))
     assert cfg.algorithm.name == algorithm and not cfg.testbed_mode
-    summary = train_online(cfg, quiet=True)
+    summary = train(cfg, quiet=True).summary
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert np.isfinite(r["loss"]) and 0 <= r["label_mean"] <= 1
         assert 0 <= r["win_rate_vs_reference"] <= 1 and r["kl_k3"] >= -1e-6
@@ -86,7 +86,7 @@ def test_online_hf_template_trains_a_saved_checkpoint(files, tmp_path, algorithm
 
 def test_mixture_of_annotators_and_preference_model_judges(files, tmp_path):
     path = repo_root() / "configs" / "train" / "inpo_hf.yaml"
-    cfg = load_online_config(
+    cfg = load_train_config(
         path,
         _overrides(
             files,
@@ -99,7 +99,7 @@ def test_mixture_of_annotators_and_preference_model_judges(files, tmp_path):
             "run.save_model=false",
         ),
     )
-    summary = train_online(cfg, quiet=True)
+    summary = train(cfg, quiet=True).summary
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # Hard labels from the drawn annotator: every label is 0 or 1, so the batch mean of 8
     # labels is a multiple of 1/8.
@@ -113,11 +113,11 @@ def test_kl_pg_hf_template_trains_against_a_saved_reward_model(files, tmp_path):
     overrides = [
         o for o in _overrides(files, tmp_path / "run") if not o.startswith("logging.")
     ]  # fmt: skip
-    cfg = load_online_config(path, [*overrides, "online.batch_size=4"])
+    cfg = load_train_config(path, [*overrides, "online.batch_size=4"])
     assert cfg.algorithm.name == "kl_pg" and not cfg.testbed_mode
-    summary = train_online(cfg, quiet=True)
+    summary = train(cfg, quiet=True).summary
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2]
     # Iteration 1 samples from π_0 = π_ref: the k2 KL estimate is exactly 0 there.
     assert abs(rows[0]["kl_estimate"]) < 1e-6 and rows[1]["kl_estimate"] > 0
     for r in rows:

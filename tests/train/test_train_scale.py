@@ -143,12 +143,12 @@ def test_train_with_packing_follows_the_padded_run(tmp_path, share):
     np.testing.assert_allclose(b, a, rtol=1e-4)
     rows = read_jsonl(packed.out_dir / "metrics.jsonl")
     real = np.asarray([row["tokens"] for row in rows])  # the pairs' own tokens
-    computed = np.asarray([row["padded_tokens_per_s"] * row["step_time_s"] for row in rows])
+    computed = np.asarray([row["computed_tokens"] for row in rows])
     # The tokens metric counts the pairs' own tokens whatever the layout ...
     base_real = [row["tokens"] for row in read_jsonl(base.out_dir / "metrics.jsonl")]
     np.testing.assert_array_equal(real, base_real)
     if not share:  # ... and the packed rows hold them all (a shared prompt is held once)
-        assert np.all(real <= computed * (1 + 1e-9))
+        assert np.all(real <= computed)
 
 
 def test_packed_loader_shards_agree_on_the_row_count():
@@ -180,8 +180,9 @@ def test_bf16_parameters_keep_their_dtypes_step_after_step(accum):
     tx = optax.adamw(1e-3)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros(2, jnp.uint32))
     batch = jax.tree.map(jnp.asarray, collate_preference_batch(_pairs(4), WIDTH, pad_id=0))
+    schedule = optax.constant_schedule(1e-3)
     fn = functools.partial(preference_train_step, graphdef=graphdef, tx=tx,
-                           lr_schedule=optax.constant_schedule(1e-3), grad_accum_steps=accum)  # fmt: skip
+                           lr_schedule=schedule, grad_accum_steps=accum)  # fmt: skip
     dtypes = lambda s: [x.dtype for x in jax.tree.leaves(s)]
     with jax.numpy_dtype_promotion("standard"):
         compiled = jax.jit(fn).lower(state, params, batch).compile()

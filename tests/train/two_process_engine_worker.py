@@ -1,7 +1,7 @@
-"""One process of the 2-process training test (run by test_train_distributed.py).
+"""One process of the engine's 2-process test (run by test_engine.py).
 
-Each process has 4 fake CPU devices; together they form one (2, 2, 2) mesh. The
-run joins through the JAXALIGN_* environment variables and prints one JSON line.
+Each process has 4 fake CPU devices; together they form one (2, 2, 2) mesh. The run joins
+through the JAXALIGN_* environment variables and prints one ``RESULT <json>`` line.
 """
 
 import json

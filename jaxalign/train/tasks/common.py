@@ -1,0 +1,183 @@
+"""What several tasks build the same way: the tokenizer, the policy (pretrained or fresh)
+with its optimizer and train-state shardings, the preference datasets and loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxalign.data import build_preference_loader, make_tiny_preference_dataset
+from jaxalign.data.config import DataConfig
+from jaxalign.models import ModelConfig, build_tiny_tokenizer, from_pretrained, load_tokenizer
+from jaxalign.parallel import data_shard_info
+from jaxalign.train.optim import make_optimizer
+from jaxalign.train.state import Shardings, abstract_model, init_train_state, train_shardings
+from jaxalign.train.tasks.base import RunContext
+
+
+def load_run_tokenizer(ctx: RunContext):
+    """``init.tokenizer`` (a local HF directory) or the tiny BPE tokenizer built in the run
+    directory (one copy per process)."""
+    config = ctx.config
+    if config.init.tokenizer:
+        return load_tokenizer(config.init.tokenizer)
+    directory = ctx.out / f"tokenizer-p{jax.process_index()}"
+    build_tiny_tokenizer(directory, vocab_size=config.init.tiny_tokenizer_vocab_size)
+    # The fast-tokenizer class directly: AutoTokenizer would import torch (seconds).
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+
+
+def runtime_overrides(model: ModelConfig) -> dict[str, Any]:
+    """The "how to compute" fields of ``model`` that a pretrained checkpoint does not fix."""
+    return {
+        "remat": model.remat,
+        "attention": model.attention,
+        "logprob_chunk_size": model.logprob_chunk_size,
+        "scan_unroll": model.scan_unroll,
+    }
+
+
+def load_policy(ctx: RunContext) -> tuple[ModelConfig, nnx.State | None]:
+    """``(model config, pretrained parameters or None)``: ``init.pretrained`` placed straight
+    into its shardings (its architecture from the checkpoint, how to compute from
+    ``model``), else None and the ``model`` section."""
+    config, m = ctx.config, ctx.config.model
+    if not config.init.pretrained:
+        return m, None
+    loaded = from_pretrained(
+        config.init.pretrained,
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        mesh=ctx.mesh,
+        rules=ctx.rule_pairs,
+        config_overrides=runtime_overrides(m),
+    )
+    return loaded.config, nnx.split(loaded)[1]
+
+
+@dataclasses.dataclass
+class Policy:
+    """A trainable policy's pieces: graph, optimizer, shardings, pretrained start."""
+
+    config: ModelConfig
+    graphdef: nnx.GraphDef
+    tx: Any
+    lr_schedule: Any
+    shardings: Shardings
+    pretrained: nnx.State | None
+
+    def init_state(self, key: jax.Array, rules) -> Any:
+        """The sharded :class:`~jaxalign.train.state.TrainState` (random or pretrained)."""
+        return init_train_state(
+            self.config, self.tx, self.shardings, key=key, rules=rules, params=self.pretrained
+        )
+
+    def copy_params(self, params: nnx.State) -> nnx.State:
+        """A separate copy (e.g. the frozen reference), so donating the state keeps it."""
+        copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.shardings.reference)
+        return copy(params)
+
+
+def build_policy(ctx: RunContext, total_steps: int) -> Policy:
+    """The policy of ``ctx.config`` with AdamW (``optimizer``/``schedule``) and shardings."""
+    config = ctx.config
+    model_config, pretrained = load_policy(ctx)
+    graphdef, abstract = abstract_model(model_config, ctx.rule_pairs)
+    tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, total_steps)
+    shardings = train_shardings(abstract, tx, ctx.mesh, ctx.rule_pairs)
+    return Policy(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
+
+
+def preference_data_configs(ctx: RunContext, num_objectives: int) -> list[DataConfig]:
+    """One data config per objective: ``data.paths`` (K datasets), ``data.path``, or the
+    tiny synthetic datasets written into the run directory (``tiny_data``)."""
+    config = ctx.config
+    data, tiny = config.data, config.tiny_data
+    if data.paths:
+        return [dataclasses.replace(data, path=p, paths=()) for p in data.paths]
+    if data.path:
+        return [data]
+    pid = jax.process_index()
+    configs = []
+    for k, rule in enumerate(tiny.objectives[:num_objectives]):
+        # The single-objective file keeps its historical name (tiny-p<pid>.jsonl).
+        name = f"tiny-{k}-{rule}-p{pid}.jsonl" if num_objectives > 1 else f"tiny-p{pid}.jsonl"
+        path = make_tiny_preference_dataset(
+            ctx.out / "data" / name, tiny.num_rows, tiny.seed, num_words=tiny.num_words, rule=rule
+        )
+        configs.append(dataclasses.replace(data, path=str(path)))
+    return configs
+
+
+def preference_loaders(ctx: RunContext, tokenizer, data_configs, batch_sharding) -> list:
+    """One resumable loader per data config; each process loads its slice of every global
+    batch; packed rows per micro-batch are a multiple of this process's batch shards."""
+    config = ctx.config
+    size = data_configs[0].batch_size
+    shard, count = data_shard_info(size, ctx.mesh, ctx.rules)
+    axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    batch_shards = int(np.prod([ctx.mesh.shape[a] for a in axes]))
+    return [
+        build_preference_loader(
+            dc,
+            tokenizer,
+            process_index=shard,
+            process_count=count,
+            micro_batches=config.optimizer.grad_accum_steps,
+            row_multiple=max(1, batch_shards // count),
+        )
+        for dc in data_configs
+    ]
+
+
+def check_vocab(tokenizer, model_config: ModelConfig) -> None:
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
+            f"{model_config.vocab_size}; raise model.vocab_size"
+        )
+
+
+def loss_summary(history: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
+    """First/last loss and the last values of ``keys``, medians of throughput."""
+    if not history:
+        return {}
+    out: dict[str, Any] = {"first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
+    for key in keys:
+        if key in history[-1]:
+            out[f"last_{key}"] = history[-1][key]
+    for key in ("tokens_per_s", "mfu"):
+        values = [r[key] for r in history if key in r]
+        if values:
+            out[f"median_{key}"] = float(np.median(values))
+    return out
+
+
+def save_policy(graphdef, params, directory: Path) -> Path:
+    """The policy as an HF checkpoint that transformers loads."""
+    from jaxalign.models import save_pretrained
+
+    return save_pretrained(nnx.merge(graphdef, params), directory)
+
+
+__all__ = [
+    "Policy",
+    "build_policy",
+    "check_vocab",
+    "load_policy",
+    "load_run_tokenizer",
+    "loss_summary",
+    "preference_data_configs",
+    "preference_loaders",
+    "runtime_overrides",
+    "save_policy",
+]

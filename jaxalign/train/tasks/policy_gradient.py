@@ -1,0 +1,292 @@
+r"""KL-regularised policy gradient of a causal LM against a reward: the LLM form of KL-RL.
+
+Why: the KL-constrained RL objective :math:`J(\pi) = E_\pi r - \beta\,\mathrm{KL}(\pi\|\pi_{\rm
+ref})` has the closed-form optimum :math:`\pi^*_\beta \propto \pi_{\rm ref}e^{r/\beta}`
+(:mod:`jaxalign.kl`); on a real model it is approached by REINFORCE with a group baseline.
+On the enumerable testbed every iterate is scored exactly against that optimum, through the
+identity :math:`J(\pi^*_\beta) - J(\pi) = \beta\,\mathrm{KL}(\pi\|\pi^*_\beta)`.
+
+One engine step (``B`` prompts, ``G = group_size`` responses each, one optimizer step):
+
+1. ``B`` prompts, each repeated ``G`` times (host-drawn); ``G`` responses per prompt from
+   π_t (KV-cache sampler, temperature 1: the samples must come from the policy the gradient
+   is taken at);
+2. their rewards (the testbed's additive reward, or a :class:`~jaxalign.models.RewardModel`
+   whose parameters are frozen);
+3. one clipped AdamW step on :func:`jaxalign.losses.kl_regularized_pg_loss` (leave-one-out
+   or group-mean baseline; the KL as a reward penalty (k1) or a loss term with the
+   k1/k2/k3 estimator; only k2 as a loss term has gradient ∇KL(π‖π_ref)).
+
+The optimizer state persists across steps (one continuous optimisation, unlike the
+per-iteration fits of the Nash algorithms).
+
+References:
+  Williams 1992 (REINFORCE); Ahmadian et al. 2024 (RLOO); Shao et al. 2024 (GRPO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from jaxtyping import Array, Float
+
+from jaxalign.losses import kl_regularized_pg_loss
+from jaxalign.models import reward_model_from_pretrained, rewards
+from jaxalign.parallel import batch_sharding
+from jaxalign.train.oracles import Responses
+from jaxalign.train.rollout import Sampler, place_prompts
+from jaxalign.train.tasks import common, online_setup
+from jaxalign.train.tasks.base import RunContext, Task
+
+
+class PGState(NamedTuple):
+    params: nnx.State  # π_t
+    opt_state: optax.OptState  # AdamW state (persists across steps)
+
+
+class GroupBatch(NamedTuple):
+    """``B`` prompts each repeated ``G`` times (rows i·G … i·G + G − 1) and a reward scale
+    (1; NaN for fault injection)."""
+
+    tokens: jax.Array  # [B·G, P]
+    mask: jax.Array  # [B·G, P]
+    reward_scale: jax.Array  # []
+
+
+@dataclasses.dataclass(frozen=True)
+class PGSettings:
+    """The loss and optimizer settings (``algorithm`` + ``online`` sections)."""
+
+    batch_size: int = 16  # prompts per step
+    group_size: int = 4  # responses per prompt
+    learning_rate: float = 1e-2
+    beta: float = 0.1
+    baseline: str = "leave_one_out"
+    estimator: str = "k2"
+    kl_mode: str = "loss"
+    normalise: bool = False
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+
+    def optimizer(self) -> optax.GradientTransformation:
+        chain = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm else []
+        adamw = optax.adamw(self.learning_rate, eps=self.adam_eps, weight_decay=self.weight_decay)
+        return optax.chain(*chain, adamw)
+
+
+class PGStep:
+    """One KL-regularised PG step as a pure function of (state, frozen, prompts, key).
+
+    ``reward(frozen_reward, responses) -> [N]`` scores the sampled sequences.
+    """
+
+    def __init__(self, settings: PGSettings, sampler: Sampler, reward):
+        self.settings, self.sampler, self.reward = settings, sampler, reward
+        self.tx = settings.optimizer()
+
+    def init(self, params) -> PGState:
+        with jax.numpy_dtype_promotion("standard"):
+            return PGState(params, self.tx.init(params))
+
+    def __call__(self, state: PGState, frozen, batch: GroupBatch, key):
+        c = self.settings
+        _, k_sample = jax.random.split(key)
+        r = self.sampler.sample(state.params, k_sample, (batch.tokens, batch.mask))
+        reward = jnp.asarray(self.reward(frozen["reward"], r), jnp.float32) * batch.reward_scale
+        ref_logp = jax.lax.stop_gradient(self.sampler.token_logp(frozen["reference"], r))
+        mask = r.response_mask.astype(jnp.float32)
+
+        def loss_fn(p):
+            out = kl_regularized_pg_loss(
+                self.sampler.token_logp(p, r), ref_logp, mask, reward, beta=c.beta,
+                group_size=c.group_size, baseline=c.baseline, estimator=c.estimator,
+                kl_mode=c.kl_mode, normalise=c.normalise,
+            )  # fmt: skip
+            return out.loss, out
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts and floats
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "pg_loss": out.pg_loss,
+            "kl_estimate": out.kl,
+            "reward_mean": jnp.mean(reward),
+            "reward_std": jnp.std(reward),
+            "grad_norm": optax.tree.norm(grads),
+            "update_norm": optax.tree.norm(updates),
+            "param_norm": optax.tree.norm(params),
+            "response_length": jnp.mean(jnp.sum(mask, axis=1)),
+        }
+        return PGState(params, opt_state), metrics
+
+
+class KLObjective:
+    """Exact scores of a testbed policy for KL-RL with reward ``r`` over the responses:
+    ``exact_reward`` E_π r, ``kl_to_reference``, ``objective`` J = E r − β KL, and
+    ``objective_gap`` J(π*_β) − J(π) = β KL(π‖π*_β) ≥ 0 (π*_β ∝ π_ref e^{r/β})."""
+
+    def __init__(self, log_ref: Float[Array, " n"], reward: Float[Array, " n"], beta: float):
+        self.log_ref = log_ref
+        self.reward = jnp.asarray(reward, log_ref.dtype)
+        self.beta = float(beta)
+        self.optimum = None
+        if self.beta > 0:
+            self.log_opt = jax.nn.log_softmax(log_ref + self.reward / self.beta)
+            self.optimum = self.scores(self.log_opt)
+
+    def scores(self, lp) -> dict[str, float]:
+        p = jnp.exp(lp)
+        kl = jnp.sum(jnp.where(p > 0, p * (lp - self.log_ref), 0.0))
+        reward = jnp.sum(p * self.reward)
+        out = {"exact_reward": float(reward), "kl_to_reference": float(kl)}
+        if self.beta > 0:
+            out["objective"] = float(reward - self.beta * kl)
+            kl_opt = jnp.sum(jnp.where(p > 0, p * (lp - self.log_opt), 0.0))
+            out["objective_gap"] = float(self.beta * kl_opt)
+        return out
+
+
+def pg_settings(config) -> PGSettings:
+    a, o = config.algorithm, config.online
+    return PGSettings(
+        batch_size=o.batch_size, group_size=a.group_size, learning_rate=o.learning_rate,
+        beta=a.beta, baseline=a.baseline, estimator=a.estimator, kl_mode=a.kl_mode,
+        normalise=a.normalise, adam_eps=o.adam_eps,
+    )  # fmt: skip
+
+
+class PolicyGradientTask(Task):
+    """``algorithm.name: kl_pg`` on the testbed (exact reward) or prompts (reward model)."""
+
+    name = "policy_gradient"
+
+    def __init__(self, ctx: RunContext):
+        config = self.config = ctx.config
+        self.ctx = ctx
+        self.setup = online_setup.build(ctx)
+        self.model_config = self.setup.model_config
+        self.settings = pg_settings(config)
+        if config.testbed_mode:
+            testbed = self.setup.exact.testbed
+            self._reward = online_setup.testbed_reward(config.testbed, testbed)
+            index_of = testbed.index_of
+
+            def reward(table, r: Responses):
+                return table[index_of(r.responses)]
+
+            reward_shardings = NamedSharding(ctx.mesh, PartitionSpec())
+        else:
+            rm = reward_model_from_pretrained(config.oracle.path, mesh=ctx.mesh,
+                                              rules=ctx.rule_pairs)  # fmt: skip
+            rm_graphdef, self._reward = nnx.split(rm)
+
+            def reward(params, r: Responses):
+                return rewards(nnx.merge(rm_graphdef, params), r.tokens, r.attention_mask)
+
+            reward_shardings = jax.tree.map(lambda x: x.sharding, self._reward)
+        self.pg = PGStep(self.settings, self.setup.sampler, reward)
+        params_sh = self.setup.param_shardings
+        with jax.numpy_dtype_promotion("standard"):
+            opt_abstract = jax.eval_shape(self.pg.tx.init, self.setup.abstract_params)
+        repl = NamedSharding(ctx.mesh, PartitionSpec())
+        opt_sh = optax.tree_map_params(
+            self.pg.tx, lambda _, s: s, opt_abstract, params_sh, transform_non_params=lambda _: repl
+        )
+        self.state_shardings = PGState(params_sh, opt_sh)
+        self.frozen_shardings = {"reference": params_sh, "reward": reward_shardings}
+        row = batch_sharding(ctx.mesh, ctx.rules, ndim=2)
+        self.batch_shardings = GroupBatch(row, row, None)
+        self.objective: KLObjective | None = None
+        self.records: list[dict[str, float]] = []
+
+    def init(self, key: jax.Array) -> PGState:
+        params = self.setup.initial_params(key)
+        self.frozen = {"reference": jax.tree.map(jnp.copy, params), "reward": self._reward}
+        if self.setup.exact is not None:
+            self._log_probs = jax.jit(self.setup.exact.log_probs)
+            log_ref = self._log_probs(self.frozen["reference"])
+            self.objective = KLObjective(log_ref, self._reward, self.settings.beta)
+            self.initial = self.objective.scores(log_ref)
+        return self.pg.init(params)
+
+    def batch(self, step: int, key: jax.Array) -> GroupBatch:
+        s = self.settings
+        k_prompt = jax.random.split(key)[0]
+        tokens, mask = self.setup.prompts.sample(k_prompt, s.batch_size)
+        tokens = np.repeat(np.asarray(tokens), s.group_size, axis=0)  # rows i·G … i·G + G − 1
+        mask = np.repeat(np.asarray(mask), s.group_size, axis=0)
+        tokens, mask = place_prompts(tokens, mask, self.ctx.mesh, self.ctx.rules)
+        return GroupBatch(tokens, mask, jnp.ones((), jnp.float32))
+
+    def poison(self, batch: GroupBatch) -> GroupBatch:
+        return batch._replace(reward_scale=jnp.full((), jnp.nan, jnp.float32))
+
+    def step(self, state, frozen, batch, key):
+        return self.pg(state, frozen, batch, key)
+
+    def score(self, state: PGState, step: int) -> dict[str, float]:
+        if self.objective is None:
+            return {}
+        out = self.objective.scores(self._log_probs(state.params))
+        self.records.append(out)
+        return out
+
+    def position(self) -> dict[str, Any]:
+        return {"records": self.records} if self.objective is not None else {}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        self.records = list(position.get("records", []))
+
+    def describe(self) -> list[str]:
+        return self.setup.describe()
+
+    def summary(self, history) -> dict[str, Any]:
+        out = common.loss_summary(history, "reward_mean", "kl_estimate")
+        if history:
+            out["final_reward_mean"] = history[-1]["reward_mean"]
+        if self.objective is None:
+            out.update(self.setup.prompts_summary(history))
+            if history:
+                out["first_reward_mean"] = history[0]["reward_mean"]
+            return out
+        last = self.records[-1] if self.records else self.initial
+        out.update(
+            mode="testbed",
+            num_responses=self.setup.exact.testbed.num_responses,
+            final_exact_reward=last["exact_reward"],
+            final_kl_to_reference=last["kl_to_reference"],
+            initial_exact_reward=self.initial["exact_reward"],
+        )
+        if self.objective.optimum is not None:
+            out.update(
+                initial_objective_gap=self.initial["objective_gap"],
+                final_objective_gap=last["objective_gap"],
+                optimal_reward=self.objective.optimum["exact_reward"],
+                optimal_kl_to_reference=self.objective.optimum["kl_to_reference"],
+            )
+        return out
+
+    def export(self, state: PGState, directory: Path) -> Path:
+        return common.save_policy(self.setup.graphdef, state.params, directory)
+
+
+__all__ = [
+    "GroupBatch",
+    "KLObjective",
+    "PGSettings",
+    "PGState",
+    "PGStep",
+    "PolicyGradientTask",
+    "pg_settings",
+]
