@@ -23,8 +23,10 @@ TRL decodes responses to text and re-tokenises them for the judge. A second jaxa
 ``online_ipo`` (pairs from π_t, anchor π_ref: TRL's online DPO with ``loss_type="ipo"``),
 is the closest like-for-like algorithm.
 
-Timed unit: one iteration. jaxalign: ``OnlineTrainer.iteration(key)`` (it draws its
-prompts on the device and ends in a host read of its metrics). TRL: what
+Timed unit: one iteration. jaxalign: the training engine's online step, one jitted
+:class:`~jaxalign.train.tasks.nash.NashIteration` (state donated), after drawing the
+batch's prompts on the host as the engine's task does; it ends in a host read of the step's
+metrics. TRL: what
 ``Trainer._run_epoch`` does for one step, on a ready batch of prompt strings (TRL
 tokenises them inside ``training_step``): ``trainer.training_step`` (generate, judge,
 log-probs, loss, backward), ``optimizer.step()``, ``lr_scheduler.step()``,
@@ -97,42 +99,43 @@ def build_models(model: dict, work: Path):
 
 
 def jaxalign_calls(args, algorithms, policy, judge, prompts) -> dict:
-    """One :class:`~jaxalign.train.online.OnlineTrainer` per algorithm; name → a call that
-    runs one iteration and returns its metrics (plus its wall time)."""
+    """One jitted :class:`~jaxalign.train.tasks.nash.NashIteration` (the training engine's
+    online step) per algorithm; name → a call that draws a batch of prompts on the host (as
+    the engine's task does), runs one iteration and reads its metrics (plus its wall time)."""
     import jax
+    import jax.numpy as jnp
+    from flax import nnx
 
-    from jaxalign.train.online import OnlineConfig, OnlineTrainer
-    from jaxalign.train.oracles import reward_model_oracle
+    from jaxalign.games.algorithms import NashAlgorithm
+    from jaxalign.train.oracles import oracle_params, reward_model_oracle
+    from jaxalign.train.rollout import Sampler
+    from jaxalign.train.tasks.nash import FitSettings, NashIteration, PromptBatch
 
+    graphdef, params = nnx.split(policy)
+    oracle = reward_model_oracle(judge)
+    sampler = Sampler(graphdef, args.max_new_tokens, temperature=1.0, top_p=1.0,
+                      eos_token_id=(), pad_token_id=int(prompts.pad_token_id))  # fmt: skip
+    frozen = {"reference": jax.tree.map(jnp.copy, params), "oracle": oracle_params(oracle)}
+    fit = FitSettings(batch_size=args.batch_size, inner_steps=1, learning_rate=LR,
+                      adam_eps=1e-3, mixture="token")  # fmt: skip
     calls = {}
-    for algorithm in algorithms:
-        config = OnlineConfig(
-            algorithm=algorithm,
-            mixture="token",
-            batch_size=args.batch_size,
-            inner_steps=1,
-            learning_rate=LR,
-            step_size=STEP_SIZE,
-            tau=TAU,
-            temperature=1.0,
-            top_p=1.0,
-            max_new_tokens=args.max_new_tokens,
-        )
-        trainer = OnlineTrainer(
-            policy,
-            config,
-            prompts=prompts,
-            oracle=reward_model_oracle(judge),
-            eos_token_id=(),  # fixed-length responses
-            pad_token_id=0,
-        )
+    for name in algorithms:
+        iterate = NashIteration(name, NashAlgorithm(name, STEP_SIZE, TAU), fit, sampler, oracle)
+        step = jax.jit(iterate, donate_argnums=0)  # as the engine: the state is donated
+        run = {"state": iterate.initial_state(jax.tree.map(jnp.copy, params)), "t": 0}
 
-        def call(trainer=trainer):
+        def call(step=step, run=run):
             start = time.perf_counter()
-            metrics = trainer.iteration(jax.random.key(trainer.state.iteration))  # host sync
+            key = jax.random.fold_in(jax.random.key(0), run["t"])
+            tokens, mask = prompts.sample(jax.random.split(key)[0], args.batch_size)
+            batch = PromptBatch(jnp.asarray(tokens), jnp.asarray(mask), jnp.ones((), jnp.float32))
+            with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts and floats
+                run["state"], metrics = step(run["state"], frozen, batch, key)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # host sync
+            run["t"] += 1
             return {**metrics, "wall_s": time.perf_counter() - start}
 
-        calls[f"jaxalign {algorithm}"] = call
+        calls[f"jaxalign {name}"] = call
     return calls
 
 

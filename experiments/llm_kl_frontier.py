@@ -1,19 +1,21 @@
 """LLM-form alignment algorithms against the exact reward–KL frontier.
 
 A tiny causal transformer is the reference policy on the enumerable testbed (A tokens,
-L positions, A^L responses) and the reward is additive over positions. Three LLM-form
-algorithms are run on it:
+L positions, A^L responses) and the reward is additive over positions (the testbed's
+Bradley–Terry reward, seeded by ``seed``). Three LLM-form algorithms are run on it:
 
-(1) KL-regularised policy gradient (``kl_regularized_pg_loss``: RLOO baseline, k2 KL term
-    in the loss) on groups sampled with the model's KV-cache ``generate``, a fixed number
-    of Adam steps per β;
-(2) DPO trained offline on pairs sampled from π_ref and labelled by Bradley–Terry on the
-    reward, per β;
+(1) KL-regularised policy gradient, one training-engine run per β
+    (:func:`jaxalign.train.train` with ``algorithm.name: kl_pg``: RLOO baseline, k2 KL
+    term in the loss, one prompt and ``pg_group_size`` responses sampled with the
+    KV-cache sampler per step, clipped Adam); the engine's π_0 is π_ref;
+(2) DPO trained offline on a fixed set of pairs sampled from π_ref and labelled by
+    Bradley–Terry on the reward, per β: full-batch steps of the engine's DPO step
+    :func:`jaxalign.train.preference_train_step` (constant-rate Adam);
 (3) best-of-N, exact (``kl.best_of_n_policy`` on the reference model's enumerated
     distribution), N = 1 … N_max.
 
-Every trained policy is then scored EXACTLY (``policy_log_probs`` over all A^L
-responses, in float64): reward E_π r and KL(π‖π_ref), and compared with the exact
+Every trained policy is then scored EXACTLY (its log-probs over all A^L responses,
+renormalised in float64): reward E_π r and KL(π‖π_ref), and compared with the exact
 KL-constrained RL frontier Δ ↦ max_{KL ≤ Δ} E r (``kl.reward_kl_frontier``) of the same
 reference distribution and reward. No policy can lie above the frontier; the summary
 reports the largest excess of any point over the frontier at its own KL.
@@ -26,18 +28,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from jaxalign import kl
-from jaxalign.data.testbed import Testbed, additive_reward, policy_log_probs
+from jaxalign.data import PreferenceBatch
 from jaxalign.experiment import Experiment, Result
-from jaxalign.losses import dpo_loss, kl_regularized_pg_loss
-from jaxalign.models import CausalLM, ModelConfig, generate, sequence_logprobs, token_logprobs
+from jaxalign.testbed import Testbed
+from jaxalign.train import (
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainState,
+    make_optimizer,
+    preference_train_step,
+    reference_sequence_logprobs,
+    train,
+    train_config_from_dict,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +60,11 @@ class Config:
     hidden_size: int = 32  # model width
     num_layers: int = 2  # model depth
     init_scale: float = 0.5  # weight std of the (random) reference model
-    seed: int = 0
+    seed: int = 1  # π_ref (run.seed), the reward (testbed.seed), the DPO pairs
     pg_betas: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # KL coefficients of KL-PG
-    pg_steps: int = 500  # Adam steps per β
+    pg_steps: int = 500  # engine steps (Adam steps) per β
     pg_group_size: int = 32  # responses sampled per step (one prompt, RLOO group)
-    pg_learning_rate: float = 0.01
+    pg_learning_rate: float = 0.001
     dpo_betas: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # DPO β
     dpo_pairs: int = 4096  # offline pairs sampled from π_ref
     dpo_steps: int = 100  # full-batch Adam steps per β
@@ -61,7 +73,9 @@ class Config:
     frontier_points: int = 60  # budgets on the plotted frontier
 
     def __post_init__(self):
-        if min(self.pg_betas, default=1.0) <= 0 or min(self.dpo_betas, default=1.0) <= 0:
+        if not self.pg_betas:
+            raise ValueError("pg_betas must name at least one β (its run provides π_ref)")
+        if min(self.pg_betas) <= 0 or min(self.dpo_betas, default=1.0) <= 0:
             raise ValueError(f"betas must be > 0, got {self.pg_betas} and {self.dpo_betas}")
         if self.pg_group_size < 2:
             raise ValueError(f"pg_group_size must be >= 2 (RLOO), got {self.pg_group_size}")
@@ -69,96 +83,116 @@ class Config:
             raise ValueError("need bon_max_n >= 1, dpo_pairs >= 1 and frontier_points >= 2")
 
 
-def _model_config(config: Config) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=config.alphabet_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=2 * config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=config.hidden_size // 2,
-        initializer_range=config.init_scale,
+def pg_config(config: Config, beta: float, out_dir: Path) -> TrainConfig:
+    """The engine config of the KL-PG run at ``beta`` (light: no checkpoints, TensorBoard,
+    progress bar or saved model)."""
+    h = config.hidden_size
+    return train_config_from_dict(
+        {
+            "algorithm": {
+                "name": "kl_pg",
+                "beta": beta,
+                "group_size": config.pg_group_size,
+                "baseline": "leave_one_out",
+                "estimator": "k2",
+                "kl_mode": "loss",
+            },
+            "online": {
+                "batch_size": 1,  # one prompt (the testbed's), pg_group_size responses
+                "learning_rate": config.pg_learning_rate,
+                "adam_eps": 1e-8,  # Adam's usual ε (the online default 1e-3 suits the Nash fits)
+            },
+            "model": {
+                "vocab_size": config.alphabet_size,
+                "hidden_size": h,
+                "intermediate_size": 2 * h,
+                "num_layers": config.num_layers,
+                "num_heads": 2,
+                "num_kv_heads": 1,
+                "head_dim": h // 2,
+                "initializer_range": config.init_scale,
+            },
+            "testbed": {
+                "alphabet_size": config.alphabet_size,
+                "response_length": config.response_length,
+                "preference": "bradley_terry",
+                "reward_scale": config.reward_scale,
+                "seed": config.seed,
+            },
+            "oracle": {"kind": "testbed"},  # the testbed's additive reward
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device, however many there are
+            "run": {
+                "steps": config.pg_steps,
+                "seed": config.seed,
+                "out_dir": str(out_dir),
+                "save_model": False,
+            },
+            "checkpoint": {"enabled": False},
+            "logging": {"progress_bar": False, "tensorboard": False},
+        }
     )
 
 
-def _full_sequences(testbed: Testbed, responses):
-    """Prompt + responses and the response mask, ``[b, P + L]``."""
-    return testbed.sequences(responses)
+def _offline_pairs(setup, ref_params, reward, num_pairs: int, key) -> PreferenceBatch:
+    """``num_pairs`` pairs from π_ref (the engine's KV-cache sampler), labelled by
+    Bradley–Terry on ``reward``, as one full batch with π_ref's log-probs."""
+    testbed = setup.exact.testbed
+    k_prompt, k_sample, k_label = jax.random.split(key, 3)
+    tokens, mask = setup.prompts.sample(k_prompt, 2 * num_pairs)
+    ys = setup.sampler.sample(ref_params, k_sample, (jnp.asarray(tokens), jnp.asarray(mask)))
+    y1, y2 = ys.responses[:num_pairs], ys.responses[num_pairs:]
+    r1, r2 = reward[testbed.index_of(y1)], reward[testbed.index_of(y2)]
+    first = jax.random.uniform(k_label, r1.shape) < jax.nn.sigmoid(r1 - r2)
+    chosen, mask_c = testbed.sequences(jnp.where(first[:, None], y1, y2))
+    rejected, mask_r = testbed.sequences(jnp.where(first[:, None], y2, y1))
+    ones, f32 = jnp.ones_like(chosen), jnp.float32
+    pairs = PreferenceBatch(chosen, ones, mask_c.astype(f32), rejected, ones,
+                            mask_r.astype(f32), jnp.ones(r1.shape, f32))  # fmt: skip
+    # π_ref's log-probs once, with the pairs: the DPO steps then skip the reference pass.
+    ref_logps = reference_sequence_logprobs(ref_params, pairs, graphdef=setup.graphdef)
+    return pairs._replace(reference_chosen_logp=ref_logps[0], reference_rejected_logp=ref_logps[1])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "testbed", "steps", "group", "lr"))
-def _train_pg(graphdef, ref_params, reward, beta, key, *, testbed, steps, group, lr):
-    """``steps`` Adam steps of KL-regularised REINFORCE (RLOO, k2) from π_ref."""
-    opt = optax.adam(lr)
-    prompts = jnp.broadcast_to(jnp.asarray(testbed.prompt, jnp.int32), (group, len(testbed.prompt)))
-
-    def loss_fn(params, tokens, mask, rewards):
-        logp = token_logprobs(nnx.merge(graphdef, params)(tokens), tokens)
-        ref_logp = token_logprobs(nnx.merge(graphdef, ref_params)(tokens), tokens)
-        out = kl_regularized_pg_loss(
-            logp, ref_logp, mask, rewards, beta=beta, group_size=group,
-            baseline="leave_one_out", estimator="k2", kl_mode="loss",
-        )  # fmt: skip
-        return out.loss
-
-    def step(carry, k):
-        params, opt_state = carry
-        gen = generate(
-            nnx.merge(graphdef, params), prompts, key=k, max_new_tokens=testbed.response_length
-        )
-        tokens, mask = _full_sequences(testbed, gen.tokens)
-        rewards = reward[testbed.index_of(gen.tokens)]
-        grads = jax.grad(loss_fn)(params, tokens, mask.astype(jnp.float32), rewards)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    (params, _), _ = jax.lax.scan(
-        step, (ref_params, opt.init(ref_params)), jax.random.split(key, steps)
-    )
-    return params
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "lr"))
-def _train_dpo(graphdef, ref_params, chosen, rejected, beta, *, steps, lr):
-    """``steps`` full-batch Adam steps of DPO on fixed (chosen, rejected) sequences."""
-    tokens_c, mask_c = chosen
-    tokens_r, mask_r = rejected
-    ref = nnx.merge(graphdef, ref_params)
-    ref_c = sequence_logprobs(ref, tokens_c, mask_c).sequence
-    ref_r = sequence_logprobs(ref, tokens_r, mask_r).sequence
-    opt = optax.adam(lr)
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params)
-        pc = sequence_logprobs(model, tokens_c, mask_c).sequence
-        pr = sequence_logprobs(model, tokens_r, mask_r).sequence
-        return jnp.mean(dpo_loss(pc, pr, ref_c, ref_r, beta=beta).loss)
-
-    def step(carry, _):
-        params, opt_state = carry
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    (params, _), _ = jax.lax.scan(step, (ref_params, opt.init(ref_params)), None, length=steps)
-    return params
+def _dpo_policy(config: Config, step, tx, ref_params, pairs: PreferenceBatch, beta: float):
+    """The parameters after ``dpo_steps`` full-batch DPO steps from π_ref."""
+    rng = jax.random.key_data(jax.random.key(config.seed))
+    beta = jnp.asarray(beta, jnp.float32)  # an argument: one compiled step for every β
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
+        state = TrainState(jnp.zeros((), jnp.int32), ref_params, tx.init(ref_params), rng)
+        for _ in range(config.dpo_steps):
+            state, _ = step(state, ref_params, pairs, beta=beta)
+    return state.params
 
 
 def run(config: Config, track) -> Result:
     import matplotlib.pyplot as plt
 
     testbed = Testbed(config.alphabet_size, config.response_length)
-    key_model, key_reward, key_pg, key_pairs, key_labels = jax.random.split(
-        jax.random.key(config.seed), 5
+    trained = []  # (method, parameter, final parameters)
+    with tempfile.TemporaryDirectory(prefix="llm-kl-frontier-") as runs:
+        for i, beta in enumerate(track(config.pg_betas, "KL-PG betas")):
+            result = train(pg_config(config, float(beta), Path(runs) / f"pg-{i}"), quiet=True)
+            trained.append(("kl-pg", float(beta), result.state.params))
+    # Every run starts from the same π_0 = π_ref (run.seed) and reward (testbed.seed).
+    task = result.task
+    setup, ref_params = task.setup, task.frozen["reference"]
+    log_ref32, reward32 = task.objective.log_ref, task.objective.reward
+
+    # Offline preference data: pairs from π_ref, Bradley–Terry labels; DPO per β.
+    pairs = _offline_pairs(
+        setup, ref_params, reward32, config.dpo_pairs, jax.random.key(config.seed)
     )
-    ref_model = CausalLM.create(_model_config(config), key=key_model)
-    graphdef, ref_params = nnx.split(ref_model)
-    token_rewards = jax.random.normal(
-        key_reward, (config.response_length, config.alphabet_size), jnp.float32
-    ) * jnp.asarray(config.reward_scale, jnp.float32)
-    reward32 = additive_reward(testbed, token_rewards)
-    log_ref32 = jax.jit(policy_log_probs, static_argnums=1)(ref_model, testbed)
+    tx, lr_schedule = make_optimizer(
+        OptimizerConfig(lr=config.dpo_learning_rate, clip_norm=None),
+        ScheduleConfig(kind="constant"),
+        config.dpo_steps,
+    )
+    step = jax.jit(functools.partial(preference_train_step, graphdef=setup.graphdef, tx=tx,
+                                     lr_schedule=lr_schedule, algorithm="dpo",
+                                     kl_metric=False))  # fmt: skip
+    for beta in track(config.dpo_betas, "DPO betas"):
+        params = _dpo_policy(config, step, tx, ref_params, pairs, beta)
+        trained.append(("dpo", float(beta), params))
 
     def exact(log_pi32):
         """(reward, KL) of an enumerated policy, in float64, renormalised."""
@@ -168,40 +202,8 @@ def run(config: Config, track) -> Result:
             r = jnp.asarray(np.asarray(reward32), jnp.float64)
             return float(kl.expected_reward(lp, r)), float(kl.kl_divergence(lp, lr))
 
-    points = []  # (method, parameter, reward, kl)
-    for beta in track(config.pg_betas, "KL-PG betas"):
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
-            params = _train_pg(
-                graphdef, ref_params, reward32, jnp.asarray(beta, jnp.float32),
-                jax.random.fold_in(key_pg, len(points)), testbed=testbed, steps=config.pg_steps,
-                group=config.pg_group_size, lr=config.pg_learning_rate,
-            )  # fmt: skip
-        log_pi = policy_log_probs(nnx.merge(graphdef, params), testbed)
-        points.append(("kl-pg", float(beta), *exact(log_pi)))
-
-    # Offline preference data: pairs from π_ref (KV-cache sampler), Bradley–Terry labels.
-    gen = generate(
-        ref_model,
-        jnp.broadcast_to(
-            jnp.asarray(testbed.prompt, jnp.int32), (2 * config.dpo_pairs, len(testbed.prompt))
-        ),
-        key=key_pairs,
-        max_new_tokens=config.response_length,
-    )
-    y1, y2 = gen.tokens[: config.dpo_pairs], gen.tokens[config.dpo_pairs :]
-    r1, r2 = reward32[testbed.index_of(y1)], reward32[testbed.index_of(y2)]
-    first_wins = jax.random.uniform(key_labels, r1.shape) < jax.nn.sigmoid(r1 - r2)
-    chosen = jnp.where(first_wins[:, None], y1, y2)
-    rejected = jnp.where(first_wins[:, None], y2, y1)
-    pairs = (_full_sequences(testbed, chosen), _full_sequences(testbed, rejected))
-    for beta in track(config.dpo_betas, "DPO betas"):
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
-            params = _train_dpo(
-                graphdef, ref_params, *pairs, jnp.asarray(beta, jnp.float32),
-                steps=config.dpo_steps, lr=config.dpo_learning_rate,
-            )  # fmt: skip
-        log_pi = policy_log_probs(nnx.merge(graphdef, params), testbed)
-        points.append(("dpo", float(beta), *exact(log_pi)))
+    log_probs = jax.jit(setup.exact.log_probs)
+    points = [(m, p, *exact(log_probs(params))) for m, p, params in trained]
 
     with jax.enable_x64(True):
         lr64 = jax.nn.log_softmax(jnp.asarray(np.asarray(log_ref32), jnp.float64))

@@ -3,13 +3,14 @@
 Two conflicting additive rewards r1, r2 on the enumerable testbed (A tokens, L
 positions). For each reward an offline preference dataset is built from pairs sampled
 from the reference transformer π_ref and labelled by Bradley–Terry on that reward. A
-copy of π_ref is then trained with :func:`jaxalign.train.multiobjective.multiobjective_dpo_step`
-(both DPO losses, per-objective gradients combined inside one jitted step) with each
-aggregator — weighted sum and RACO for several user weights w, MGDA and CAGrad (weight
-free) — and each trained policy's expected rewards (E_π r1, E_π r2) are computed EXACTLY
-over all A^L responses. They are drawn against the exact front of the KL-regularised
-scalarised objectives: for a grid of w, the tilt π_ref·exp((w r1 + (1−w) r2)/β), the
-optimum weighted-sum DPO targets.
+copy of π_ref is then trained by the training engine's multi-objective step,
+:func:`jaxalign.train.multiobjective_train_step` (both DPO losses, per-objective
+gradients combined inside one jitted step, full batch, constant-rate Adam from
+:func:`jaxalign.train.make_optimizer`), with each aggregator — weighted sum and RACO for
+several user weights w, MGDA and CAGrad (weight free) — and each trained policy's
+expected rewards (E_π r1, E_π r2) are computed EXACTLY over all A^L responses. They are
+drawn against the exact front of the KL-regularised scalarised objectives: for a grid of
+w, the tilt π_ref·exp((w r1 + (1−w) r2)/β), the optimum weighted-sum DPO targets.
 
     jaxalign reproduce llm-multiobjective --out results/llm-multiobjective
 """
@@ -23,17 +24,23 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from jaxalign import kl
-from jaxalign.data.testbed import Testbed, additive_reward, policy_log_probs
+from jaxalign.data import PreferenceBatch
 from jaxalign.experiment import Experiment, Result
-from jaxalign.models import CausalLM, ModelConfig, generate
-from jaxalign.train.multiobjective import (
-    PreferenceBatches,
-    multiobjective_dpo_step,
-    reference_logprobs,
+from jaxalign.models import ModelConfig, generate
+from jaxalign.parallel import DEFAULT_RULES, MeshConfig, make_mesh
+from jaxalign.testbed import Testbed, additive_reward, policy_log_probs
+from jaxalign.train import (
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainState,
+    abstract_model,
+    init_train_state,
+    make_optimizer,
+    multiobjective_train_step,
+    train_shardings,
 )
 
 _WEIGHTED = ("weighted_sum", "raco")  # aggregators that use the user weights
@@ -77,20 +84,24 @@ def _model_config(config: Config) -> ModelConfig:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "aggregator", "c", "steps", "lr"))
-def _train(graphdef, ref_params, batches, beta, weights, *, aggregator, c, steps, lr):
-    tx = optax.adam(lr)
-    step = functools.partial(
-        multiobjective_dpo_step, graphdef=graphdef, tx=tx, beta=beta,
-        aggregator=aggregator, weights=weights, c=c,
-    )  # fmt: skip
+def _pairs(testbed: Testbed, y1, y2, reward, key) -> PreferenceBatch:
+    """Pairs (y1_i, y2_i) labelled by Bradley–Terry on ``reward``, as a full batch."""
+    r1, r2 = reward[testbed.index_of(y1)], reward[testbed.index_of(y2)]
+    first = jax.random.uniform(key, r1.shape) < jax.nn.sigmoid(r1 - r2)
+    chosen, mask_c = testbed.sequences(jnp.where(first[:, None], y1, y2))
+    rejected, mask_r = testbed.sequences(jnp.where(first[:, None], y2, y1))
+    ones, f32 = jnp.ones_like(chosen), jnp.float32
+    return PreferenceBatch(chosen, ones, mask_c.astype(f32), rejected, ones,
+                           mask_r.astype(f32), jnp.ones(r1.shape, f32))  # fmt: skip
 
-    def body(carry, _):
-        params, opt_state, metrics = step(*carry, batches)
-        return (params, opt_state), metrics
 
-    (params, _), metrics = jax.lax.scan(body, (ref_params, tx.init(ref_params)), None, length=steps)
-    return params, jax.tree.map(lambda x: x[-1], metrics)
+def _fit(step, state: TrainState, reference, batches, num_steps: int, weights):
+    """``num_steps`` full-batch multi-objective steps from ``state``; the final parameters
+    and the last step's metrics (per-objective losses at the pre-update parameters)."""
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
+        for _ in range(num_steps):
+            state, metrics = step(state, reference, batches, weights=weights)
+    return state.params, {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def run(config: Config, track) -> Result:
@@ -98,8 +109,20 @@ def run(config: Config, track) -> Result:
 
     testbed = Testbed(config.alphabet_size, config.response_length)
     k_model, k_r1, k_r2, k_pairs, k_labels = jax.random.split(jax.random.key(config.seed), 5)
-    ref_model = CausalLM.create(_model_config(config), key=k_model)
-    graphdef, ref_params = nnx.split(ref_model)
+    # π_ref and the optimizer state every run starts from (a train state as the engine's
+    # multi-objective task builds it, on one device however many there are).
+    model_config, rules = _model_config(config), DEFAULT_RULES.as_pairs()
+    graphdef, abstract = abstract_model(model_config, rules)
+    tx, lr_schedule = make_optimizer(
+        OptimizerConfig(lr=config.learning_rate, clip_norm=None),
+        ScheduleConfig(kind="constant"),
+        config.steps,
+    )
+    one_device = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    shardings = train_shardings(abstract, tx, one_device, rules)
+    start = init_train_state(model_config, tx, shardings, key=k_model, rules=rules)
+    ref_params = start.params
+    ref_model = nnx.merge(graphdef, ref_params)
     shape = (config.response_length, config.alphabet_size)
     t1 = jax.random.normal(k_r1, shape, jnp.float32)
     a = jnp.asarray(config.conflict, jnp.float32)
@@ -111,18 +134,10 @@ def run(config: Config, track) -> Result:
     prompts = jnp.broadcast_to(jnp.asarray(testbed.prompt, jnp.int32), (4 * n, len(testbed.prompt)))
     ys = generate(ref_model, prompts, key=k_pairs, max_new_tokens=config.response_length).tokens
     ys = ys.reshape(2, 2, n, config.response_length)  # [objective, first/second, n, L]
-    ct, cm, rt, rm = [], [], [], []
-    for obj in range(2):
-        y1, y2 = ys[obj, 0], ys[obj, 1]
-        r = rewards[obj]
-        first = jax.random.uniform(jax.random.fold_in(k_labels, obj), (n,)) < jax.nn.sigmoid(
-            r[testbed.index_of(y1)] - r[testbed.index_of(y2)]
-        )
-        tc, mc = testbed.sequences(jnp.where(first[:, None], y1, y2))
-        tr, mr = testbed.sequences(jnp.where(first[:, None], y2, y1))
-        ct, cm, rt, rm = [*ct, tc], [*cm, mc], [*rt, tr], [*rm, mr]
-    ct, cm, rt, rm = (jnp.stack(x) for x in (ct, cm, rt, rm))
-    batches = PreferenceBatches(ct, cm, rt, rm, *reference_logprobs(ref_model, ct, cm, rt, rm))
+    batches = tuple(
+        _pairs(testbed, ys[k, 0], ys[k, 1], rewards[k], jax.random.fold_in(k_labels, k))
+        for k in range(2)
+    )
 
     log_ref32 = policy_log_probs(ref_model, testbed)
     with jax.enable_x64(True):
@@ -145,22 +160,24 @@ def run(config: Config, track) -> Result:
 
     runs = [(agg, w) for agg in config.aggregators
             for w in (config.weights if agg in _WEIGHTED else (None,))]  # fmt: skip
+    steps = {}  # one compiled step per aggregator (the weights are an argument)
     rows = []
     for agg, w in track(runs, "multi-objective DPO runs"):
-        wv = jnp.asarray([0.5 if w is None else w, 0.5 if w is None else 1 - w], jnp.float32)
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
-            params, metrics = _train(
-                graphdef, ref_params, batches, jnp.asarray(config.beta, jnp.float32), wv,
-                aggregator=agg, c=float(config.c), steps=config.steps, lr=config.learning_rate,
-            )  # fmt: skip
+        if agg not in steps:
+            step = functools.partial(multiobjective_train_step, graphdef=graphdef, tx=tx,
+                                     lr_schedule=lr_schedule, aggregator=agg,
+                                     c=float(config.c), beta=float(config.beta))  # fmt: skip
+            steps[agg] = jax.jit(step)
+        wv = None if w is None else jnp.asarray([w, 1 - w], jnp.float32)
+        params, metrics = _fit(steps[agg], start, ref_params, batches, config.steps, wv)
         log_pi = policy_log_probs(nnx.merge(graphdef, params), testbed)
         with jax.enable_x64(True):
             e1, e2, d = exact(log_pi)
         row = {"aggregator": agg, "weight": float("nan") if w is None else float(w),
                "reward_1": e1, "reward_2": e2, "kl": d,
-               "final_loss_1": float(metrics.losses[0]), "final_loss_2": float(metrics.losses[1]),
-               "final_weight_1": float(metrics.info.weights[0]),
-               "final_cosine_min": float(jnp.min(metrics.info.cosines))}  # fmt: skip
+               "final_loss_1": metrics["loss_0"], "final_loss_2": metrics["loss_1"],
+               "final_weight_1": metrics["agg_weight_0"],
+               "final_cosine_min": min(metrics["agg_cos_0"], metrics["agg_cos_1"])}  # fmt: skip
         if w is not None:
             row["target_reward_1"], row["target_reward_2"] = targets[w][:2]
         rows.append(row)

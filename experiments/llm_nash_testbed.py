@@ -2,28 +2,32 @@
 
 A tiny transformer (vocabulary = the testbed alphabet) is trained online with INPO, ONPO,
 online IPO, MNPO, EGPO and Nash-MD (with the exact sequence-level mixture and with
-Nash-MD-PG's token-level mixture) by :func:`jaxalign.train.online.online_train`: each
-iteration samples pairs with the KV-cache sampler, labels them with Bernoulli draws from a
-non-transitive (cyclic) preference game over all ``A^L`` responses, and fits the pairwise
-loss. Because the response space is enumerable, the *exact* duality gap of every iterate
-(and of the running average) is drawn next to the tabular solver of :mod:`jaxalign.games`
-with the same step size, on the same game, from the same initial policy (the model's
-enumerated π_0, also the reference). The last panel shows how far each fitted policy lands
-from the exact tabular update of the LLM's own π_t (``tracking_kl``).
+Nash-MD-PG's token-level mixture, ``algorithm.mixture``), one training-engine run per
+algorithm (:func:`jaxalign.train.train` on a :class:`~jaxalign.train.TrainConfig` built
+here): each iteration samples pairs with the KV-cache sampler, labels them with Bernoulli
+draws from a non-transitive (cyclic) preference game over all ``A^L`` responses, and fits
+the pairwise loss. Because the response space is enumerable, the engine scores the
+*exact* duality gap of every iterate (the task's ``exact_history``); it is drawn, with the
+gap of the running average, next to the tabular solver of the same
+:class:`~jaxalign.games.algorithms.NashAlgorithm` (same step size, same game, from the same
+initial policy: the model's enumerated π_0, also the reference). Every run shares
+``seed``: the same π_0 (``run.seed``) and the same game (``testbed.seed``). The last panel
+shows how far each fitted policy lands from the exact tabular update of the LLM's own π_t
+(``tracking_kl``).
 
-Run: ``jaxalign reproduce llm-nash-testbed`` (quick profile: about two minutes on a CPU).
+Run: ``jaxalign reproduce llm-nash-testbed`` (quick profile: about a minute on a CPU).
 """
 
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
-import jax
 import numpy as np
 
-from jaxalign.data import testbed as tb
 from jaxalign.experiment import Experiment, Result
-from jaxalign.models import CausalLM, ModelConfig
-from jaxalign.train import online as ol
+from jaxalign.testbed import scoring
+from jaxalign.train import TrainConfig, train, train_config_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,16 +48,16 @@ class Config:
         "nash_md",
         "nash_md_token",
     )
-    num_iterations: int = 20  # T outer iterations
+    num_iterations: int = 20  # T outer iterations (engine steps)
     batch_size: int = 256  # pairs per iteration
     inner_steps: int = 30  # Adam steps per fit
     learning_rate: float = 0.03
-    step_size: float = 2.0  # s of INPO / ONPO / MNPO
+    step_size: float = 2.0  # s of INPO / ONPO / MNPO / EGPO / Nash-MD
     tau: float = 0.05  # KL weight of INPO, MNPO, EGPO and Nash-MD
     ipo_tau: float = 0.5  # τ of online IPO (its step is 1/τ)
     num_players: int = 3  # MNPO: the last n − 1 iterates are the opponents
     soft_labels: bool = False  # True: P(a ≻ b) instead of Bernoulli labels
-    seed: int = 0
+    seed: int = 0  # run.seed (π_0, sampling) and testbed.seed (the game)
 
 
 LABELS = {
@@ -67,19 +71,85 @@ LABELS = {
 }
 
 
-def _online_config(cfg: Config, algorithm: str) -> ol.OnlineConfig:
-    tau = {"online_ipo": cfg.ipo_tau, "onpo": 0.0}.get(algorithm, cfg.tau)
-    return ol.OnlineConfig(
-        algorithm="nash_md" if algorithm == "nash_md_token" else algorithm,
-        mixture="token" if algorithm == "nash_md_token" else "sequence",
-        num_iterations=cfg.num_iterations,
-        batch_size=cfg.batch_size,
-        inner_steps=cfg.inner_steps,
-        learning_rate=cfg.learning_rate,
-        step_size=cfg.step_size,
-        tau=tau,
-        num_players=cfg.num_players,
+def _algorithm_section(cfg: Config, algorithm: str) -> dict:
+    """The ``algorithm`` section: each algorithm sets only the fields it reads."""
+    name = "nash_md" if algorithm == "nash_md_token" else algorithm
+    section: dict = {"name": name}
+    if name == "online_ipo":
+        section["tau"] = cfg.ipo_tau
+    else:
+        section["step_size"] = cfg.step_size
+        if name != "onpo":  # ONPO has no KL weight
+            section["tau"] = cfg.tau
+    if name == "mnpo":
+        section["num_players"] = cfg.num_players
+    if name == "nash_md":
+        section["mixture"] = "token" if algorithm == "nash_md_token" else "sequence"
+    return section
+
+
+def train_config(cfg: Config, algorithm: str, out_dir: Path) -> TrainConfig:
+    """The engine config of one algorithm's run (light: no checkpoints, TensorBoard,
+    progress bar or saved model)."""
+    h = cfg.hidden_size
+    return train_config_from_dict(
+        {
+            "algorithm": _algorithm_section(cfg, algorithm),
+            "online": {
+                "batch_size": cfg.batch_size,
+                "inner_steps": cfg.inner_steps,
+                "learning_rate": cfg.learning_rate,
+            },
+            "model": {
+                "vocab_size": cfg.alphabet_size,
+                "hidden_size": h,
+                "intermediate_size": 2 * h,
+                "num_layers": cfg.num_layers,
+                "num_heads": 2,
+                "num_kv_heads": 1,
+                "head_dim": h // 2,
+                "initializer_range": cfg.init_scale,
+            },
+            "testbed": {
+                "alphabet_size": cfg.alphabet_size,
+                "response_length": cfg.response_length,
+                "preference": "cyclic",
+                "strength": cfg.strength,
+                "reward_scale": cfg.reward_scale,
+                "seed": cfg.seed,
+            },
+            "oracle": {"kind": "testbed", "sample": not cfg.soft_labels},
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device, however many there are
+            "run": {
+                "steps": cfg.num_iterations,
+                "seed": cfg.seed,
+                "out_dir": str(out_dir),
+                "save_model": False,
+            },
+            "checkpoint": {"enabled": False},
+            "logging": {"progress_bar": False, "tensorboard": False},
+        }
     )
+
+
+def _curves(result) -> tuple[dict[str, np.ndarray], scoring.History]:
+    """Gap curves (LLM and tabular, last and average iterate) of one engine run, and its
+    exact per-iteration history."""
+    task = result.task
+    h = task.exact_history.history()
+    game, steps = task.setup.game, len(h.log_policies) - 1
+    avg = np.asarray(scoring.average_policy_gaps(game, h.log_policies))
+    tab = scoring.tabular_baseline(task.algorithm, game, h.log_policies[0], task.log_ref, steps)
+    gaps = np.asarray(h.duality_gap)
+    g0 = gaps[:1]
+    curves = {
+        "llm_last": gaps,
+        "llm_avg": np.concatenate([g0, avg]),
+        "llm_reg": np.asarray(h.regularised_gap),
+        "tab_last": np.concatenate([g0, np.asarray(tab.last_gap)]),
+        "tab_avg": np.concatenate([g0, np.asarray(tab.avg_gap)]),
+    }
+    return curves, h
 
 
 def run(cfg: Config, track) -> Result:
@@ -88,49 +158,21 @@ def run(cfg: Config, track) -> Result:
     for a in cfg.algorithms:
         if a not in LABELS:
             raise ValueError(f"algorithms must be among {tuple(LABELS)}, got {a!r}")
-    testbed = tb.Testbed(alphabet_size=cfg.alphabet_size, response_length=cfg.response_length)
-    key_model, key_game, key_train = jax.random.split(jax.random.key(cfg.seed), 3)
-    model_config = ModelConfig(
-        vocab_size=cfg.alphabet_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=2 * cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=cfg.hidden_size // 2,
-        initializer_range=cfg.init_scale,
-    )
-    model = CausalLM.create(model_config, key=key_model)
-    game = tb.cyclic_preference(
-        testbed, strength=cfg.strength, reward_scale=cfg.reward_scale, key=key_game
-    )
-    oracle = ol.testbed_oracle(testbed, game, sample=not cfg.soft_labels)
-
+    num_responses = cfg.alphabet_size**cfg.response_length
     ts = np.arange(cfg.num_iterations + 1)
     curves: dict[str, dict[str, np.ndarray]] = {}
     runtime, kl, tracking, ratio = {}, {}, {}, {}
-    for algorithm in track(cfg.algorithms, "algorithms"):
-        oc = _online_config(cfg, algorithm)
-        t0 = time.perf_counter()
-        res = ol.online_train(model, testbed, game, oc, key=key_train, oracle=oracle)
-        gaps = np.asarray(res.history.duality_gap)
-        runtime[algorithm] = time.perf_counter() - t0
-        lps = res.history.log_policies
-        avg = np.asarray(ol.average_policy_gaps(game, lps))
-        tab = ol.tabular_baseline(oc, game, lps[0], res.log_ref)
-        g0 = gaps[:1]
-        curves[algorithm] = {
-            "llm_last": gaps,
-            "llm_avg": np.concatenate([g0, avg]),
-            "llm_reg": np.asarray(res.history.regularised_gap),
-            "tab_last": np.concatenate([g0, np.asarray(tab.last_gap)]),
-            "tab_avg": np.concatenate([g0, np.asarray(tab.avg_gap)]),
-        }
-        kl[algorithm] = float(res.history.kl_to_reference[-1])
-        tk = np.asarray(res.history.tracking_kl)
-        if np.all(np.isfinite(tk)):
-            tracking[algorithm] = tk
-            ratio[algorithm] = np.asarray(res.history.step_ratio)
+    with tempfile.TemporaryDirectory(prefix="llm-nash-testbed-") as runs:
+        for algorithm in track(cfg.algorithms, "algorithms"):
+            t0 = time.perf_counter()
+            result = train(train_config(cfg, algorithm, Path(runs) / algorithm), quiet=True)
+            curves[algorithm], h = _curves(result)
+            runtime[algorithm] = time.perf_counter() - t0
+            kl[algorithm] = float(h.kl_to_reference[-1])
+            tk = np.asarray(h.tracking_kl)
+            if np.all(np.isfinite(tk)):  # NaN where T needs more than π_t (ONPO, MNPO)
+                tracking[algorithm] = tk
+                ratio[algorithm] = np.asarray(h.step_ratio)
 
     n = len(curves) + (1 if tracking else 0)
     cols = min(4, n)
@@ -160,7 +202,7 @@ def run(cfg: Config, track) -> Result:
     for ax in flat[n:]:
         ax.axis("off")
     fig.suptitle(
-        f"online LLM-form vs tabular solvers, cyclic game over {testbed.num_responses} responses "
+        f"online LLM-form vs tabular solvers, cyclic game over {num_responses} responses "
         f"(A={cfg.alphabet_size}, L={cfg.response_length}; B={cfg.batch_size} pairs, "
         f"{cfg.inner_steps} Adam steps, s={cfg.step_size:g}, τ={cfg.tau:g})",
         fontsize=10,
@@ -177,7 +219,7 @@ def run(cfg: Config, track) -> Result:
             ]
     first = next(iter(curves.values()))
     summary = {
-        "num_responses": testbed.num_responses,
+        "num_responses": num_responses,
         "initial_gap": float(first["llm_last"][0]),
         "final_gap_llm": {a: float(c["llm_last"][-1]) for a, c in curves.items()},
         "final_gap_tabular": {a: float(c["tab_last"][-1]) for a, c in curves.items()},

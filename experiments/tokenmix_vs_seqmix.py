@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.testbed import Testbed
 from jaxalign.experiment import Experiment, Result
 from jaxalign.kl import kl_divergence
 from jaxalign.losses.pairwise import sequence_level_mixture, token_level_mixture
 from jaxalign.models import CausalLM, ModelConfig, token_logprobs
+from jaxalign.testbed import Testbed
 
 
 @dataclasses.dataclass(frozen=True)

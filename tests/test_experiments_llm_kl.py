@@ -12,9 +12,9 @@ def test_llm_kl_frontier_quick(tmp_path):
     args = ["reproduce", NAME, "--out", str(tmp_path)]
     args += [
         "pg_betas=[0.3,1.0,10.0]",
-        "pg_steps=80",
+        "pg_steps=150",
         "pg_group_size=16",
-        "pg_learning_rate=0.01",
+        "pg_learning_rate=0.003",
         "dpo_betas=[0.5]",
         "dpo_pairs=128",
         "dpo_steps=20",

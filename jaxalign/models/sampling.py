@@ -328,8 +328,9 @@ def generate(
         mix = jnp.asarray(mixture_weight, jnp.float32)
         if mix.shape != ():
             raise ValueError(f"mixture_weight must be a scalar, got shape {mix.shape}")
-        if weight_concrete and not 0.0 <= float(mix) <= 1.0:
-            raise ValueError(f"mixture_weight must be in [0, 1], got {float(mix)}")
+        # The Python value (``mix`` is a traced copy under an enclosing jit).
+        if weight_concrete and not 0.0 <= float(np.asarray(mixture_weight)) <= 1.0:
+            raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight!r}")
         if mixture_model.config.vocab_size != config.vocab_size:
             raise ValueError(
                 f"mixture_model.config.vocab_size={mixture_model.config.vocab_size} must "

@@ -257,3 +257,14 @@ def test_bad_mixture_arguments_are_rejected(models):
     )
     with pytest.raises(ValueError, match="vocab_size"):
         generate(policy, prompts, mixture_model=other, mixture_weight=0.5, **kw)
+
+
+def test_a_python_float_weight_works_inside_an_enclosing_jit(models):
+    """The range check reads the Python value, not the traced copy jit makes of it."""
+    policy, reference = models
+    kw = dict(key=jax.random.key(6), max_new_tokens=L, eos_token_id=(), mixture_model=reference)
+    eager = generate(policy, _prompts(B), mixture_weight=0.25, **kw)
+    jitted = jax.jit(lambda p: generate(policy, p, mixture_weight=0.25, **kw).tokens)(_prompts(B))
+    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager.tokens))
+    with pytest.raises(ValueError, match="mixture_weight must be in"):
+        jax.jit(lambda p: generate(policy, p, mixture_weight=1.5, **kw).tokens)(_prompts(B))

@@ -233,10 +233,7 @@ class NashIteration:
         elif kind == "nash_md" and fit.mixture == "sequence":
             ys = self._sample_testbed_mixture(k_sample, params, ref, algo.step_size * algo.tau, xx)
         elif kind == "nash_md":
-            # A float32 array, not a Python float: generate's range check of a concrete
-            # weight calls float() on a traced copy, which fails under jit.
-            mix = jnp.asarray(algo.step_size * algo.tau, jnp.float32)
-            ys = sample(params, k_sample, xx, mixture=(ref, mix))
+            ys = sample(params, k_sample, xx, mixture=(ref, algo.step_size * algo.tau))
         elif kind in OFFLINE_ALGORITHMS:
             ys = sample(ref, k_sample, xx)
         else:

@@ -38,6 +38,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
+from jaxalign.kl import kl_divergence
 from jaxalign.losses import kl_regularized_pg_loss
 from jaxalign.models import reward_model_from_pretrained, rewards
 from jaxalign.parallel import batch_sharding
@@ -146,14 +147,12 @@ class KLObjective:
             self.optimum = self.scores(self.log_opt)
 
     def scores(self, lp) -> dict[str, float]:
-        p = jnp.exp(lp)
-        kl = jnp.sum(jnp.where(p > 0, p * (lp - self.log_ref), 0.0))
-        reward = jnp.sum(p * self.reward)
+        kl = kl_divergence(lp, self.log_ref)
+        reward = jnp.sum(jnp.exp(lp) * self.reward)
         out = {"exact_reward": float(reward), "kl_to_reference": float(kl)}
         if self.beta > 0:
             out["objective"] = float(reward - self.beta * kl)
-            kl_opt = jnp.sum(jnp.where(p > 0, p * (lp - self.log_opt), 0.0))
-            out["objective_gap"] = float(self.beta * kl_opt)
+            out["objective_gap"] = float(self.beta * kl_divergence(lp, self.log_opt))
         return out
 
 
