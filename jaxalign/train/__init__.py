@@ -55,9 +55,6 @@ from jaxalign.train.metric_writer import MetricWriter, read_jsonl
 from jaxalign.train.metrics import dpo_step_flops, matmul_params, measure_matmul_peak
 from jaxalign.train.multiobjective import (
     PER_OBJECTIVE_METRICS,
-    MultiObjectiveMetrics,
-    PreferenceBatches,
-    multiobjective_dpo_step,
     multiobjective_train_step,
 )
 from jaxalign.train.optim import make_optimizer, make_schedule
@@ -117,13 +114,11 @@ __all__ = [
     "InitConfig",
     "LoggingConfig",
     "MetricWriter",
-    "MultiObjectiveMetrics",
     "NonFiniteError",
     "OnlineLoopConfig",
     "OptimizerConfig",
     "Oracle",
     "OracleConfig",
-    "PreferenceBatches",
     "PromptsConfig",
     "Responses",
     "RunConfig",
@@ -155,7 +150,6 @@ __all__ = [
     "make_task",
     "matmul_params",
     "measure_matmul_peak",
-    "multiobjective_dpo_step",
     "multiobjective_train_step",
     "oracle_params",
     "preference_gradient",

@@ -2,8 +2,7 @@
 
 Each objective ``k`` has its own preference batch (chosen/rejected sequences labelled by
 its own reward) and its own DPO loss ``L_k(θ)``. One step computes the K per-objective
-gradients ``g_k = ∇L_k(θ)`` (``jax.vmap`` of ``jax.value_and_grad`` over the objective
-axis, so leaves come stacked ``[K, ...]``), combines them with a
+gradients ``g_k = ∇L_k(θ)`` (leaves stacked ``[K, ...]``), combines them with a
 :mod:`jaxalign.multiobjective` aggregator and applies an optax update:
 
 .. math::
@@ -15,18 +14,15 @@ axis, so leaves come stacked ``[K, ...]``), combines them with a
 increases to first order); ``"cagrad"`` / ``"raco"`` interpolate with radius ``c``
 (RACO anchored at, and clipped by, the user weights ``w``).
 
-Two entry points:
-
-* :func:`multiobjective_dpo_step` — ``(params, opt_state, PreferenceBatches)`` with the
-  π_ref log-probs precomputed (token arrays without padding: the testbed);
-* :func:`multiobjective_train_step` — the training engine's step (``jaxalign train``
-  with ``algorithm.name: multiobjective_dpo``): a :class:`~jaxalign.train.TrainState`,
-  the frozen reference parameters and one padded
-  :class:`~jaxalign.data.PreferenceBatch` per objective. Each objective's gradient is
-  exactly the DPO train step's (:func:`jaxalign.train.step.preference_gradient`:
-  attention masks, filler rows, label smoothing, gradient accumulation), mapped over
-  the objectives with ``jax.lax.scan`` (one objective's activations live at a time);
-  the step also skips non-finite updates like the DPO step.
+:func:`multiobjective_train_step` is the step (``jaxalign train`` with
+``algorithm.name: multiobjective_dpo`` runs it through the training engine): a
+:class:`~jaxalign.train.TrainState`, the frozen reference parameters and one padded
+:class:`~jaxalign.data.PreferenceBatch` per objective. Each objective's gradient is
+exactly the DPO train step's (:func:`jaxalign.train.step.preference_gradient`: attention
+masks, filler rows, label smoothing, gradient accumulation, reference log-probs in the
+step or precomputed with the batch), mapped over the objectives with ``jax.lax.scan``
+(one objective's activations live at a time); the step also skips non-finite updates
+like the DPO step.
 
 References:
   Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; Zhou et al.,
@@ -36,18 +32,14 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from jaxalign import multiobjective as mo
 from jaxalign.data import PreferenceBatch
-from jaxalign.losses import dpo_loss
-from jaxalign.models import sequence_logprobs
 from jaxalign.train.state import TrainState
 from jaxalign.train.step import preference_gradient
 
@@ -56,59 +48,6 @@ AGGREGATORS = ("weighted_sum", "mgda", "cagrad", "raco")
 # Metrics of the DPO train step that are means over pairs (combined over objectives).
 _SUMMED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "kl_ref",
            "log_ratio", "policy_chosen_logp", "policy_rejected_logp")  # fmt: skip
-
-
-class PreferenceBatches(NamedTuple):
-    """K preference batches stacked on a leading objective axis (same ``b``, ``l``).
-
-    Attributes:
-      chosen_tokens, rejected_tokens: ``[K, b, l]`` int32 prompt + response ids.
-      chosen_mask, rejected_mask: ``[K, b, l]`` 1 at response tokens.
-      ref_chosen, ref_rejected: ``[K, b]`` float32 sequence log-probs under π_ref.
-    """
-
-    chosen_tokens: Int[Array, "K b l"]
-    chosen_mask: Int[Array, "K b l"]
-    rejected_tokens: Int[Array, "K b l"]
-    rejected_mask: Int[Array, "K b l"]
-    ref_chosen: Float[Array, "K b"]
-    ref_rejected: Float[Array, "K b"]
-
-
-class MultiObjectiveMetrics(NamedTuple):
-    """Diagnostics of one step.
-
-    Attributes:
-      losses: ``[K]`` per-objective mean DPO losses at the pre-update parameters.
-      info: the aggregator's :class:`~jaxalign.multiobjective.AggregationInfo`
-        (``weights``, ``coefficients``, ``cosines``, ``conflict``, ``direction_norm``).
-    """
-
-    losses: Float[Array, " K"]
-    info: mo.AggregationInfo
-
-
-def reference_logprobs(model, chosen_tokens, chosen_mask, rejected_tokens, rejected_mask):
-    """``(ref_chosen [K, b], ref_rejected [K, b])`` of stacked ``[K, b, l]`` sequences."""
-    k, b, n = chosen_tokens.shape
-
-    def seq(tokens, mask):
-        out = sequence_logprobs(model, tokens.reshape(k * b, n), mask.reshape(k * b, n))
-        return out.sequence.reshape(k, b)
-
-    return seq(chosen_tokens, chosen_mask), seq(rejected_tokens, rejected_mask)
-
-
-def per_objective_dpo_grads(params, graphdef, batches: PreferenceBatches, *, beta):
-    """Per-objective mean DPO losses ``[K]`` and gradients (leaves ``[K, ...]``)."""
-
-    def loss_fn(p, batch: PreferenceBatches):
-        model = nnx.merge(graphdef, p)
-        pc = sequence_logprobs(model, batch.chosen_tokens, batch.chosen_mask).sequence
-        pr = sequence_logprobs(model, batch.rejected_tokens, batch.rejected_mask).sequence
-        return jnp.mean(dpo_loss(pc, pr, batch.ref_chosen, batch.ref_rejected, beta=beta).loss)
-
-    return jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0))(params, batches)
 
 
 def aggregate(grads, *, aggregator: str, weights=None, c: float = 0.5):
@@ -122,53 +61,6 @@ def aggregate(grads, *, aggregator: str, weights=None, c: float = 0.5):
     if aggregator == "raco":
         return mo.raco_direction(grads, c, weights)
     raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
-
-
-def multiobjective_dpo_step(
-    params,
-    opt_state,
-    batches: PreferenceBatches,
-    *,
-    graphdef,
-    tx: optax.GradientTransformation,
-    beta: float,
-    aggregator: str = "weighted_sum",
-    weights: Float[Array, " K"] | None = None,
-    c: float = 0.5,
-):
-    r"""One multi-objective DPO step (pure; jit it with the keyword args static/closed over).
-
-    .. math::
-        L_k(θ) = \tfrac1b\textstyle\sum_j -\log σ\big(β[Δ_θ(y_w^{kj}) - Δ_θ(y_l^{kj})]\big),
-        \quad Δ_θ(y) = \log π_θ(y|x) - \log π_{ref}(y|x),
-
-    ``g_k = ∇L_k``, ``d = agg(g)``, then ``tx``'s update along ``d``.
-
-    Args:
-      params: ``nnx.State`` of the policy (``nnx.split(model)[1]``).
-      opt_state: ``tx.init(params)``.
-      batches: :class:`PreferenceBatches` with a leading objective axis ``K``.
-      graphdef: the model's ``nnx.GraphDef`` (static).
-      tx: optax transformation (e.g. ``optax.adam(lr)``).
-      beta: DPO β > 0.
-      aggregator: ``"weighted_sum"``, ``"mgda"``, ``"cagrad"`` or ``"raco"``.
-      weights: ``[K]`` user weights on the simplex (``weighted_sum`` and ``raco``).
-      c: conflict-aversion radius (``cagrad``, ``raco``; RACO needs ``0 ≤ c < 1``).
-
-    Returns:
-      ``(params, opt_state, MultiObjectiveMetrics)``.
-
-    Raises:
-      ValueError: for an unknown aggregator or missing weights.
-    """
-    if aggregator not in AGGREGATORS:
-        raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
-    if aggregator in ("weighted_sum", "raco") and weights is None:
-        raise ValueError(f"aggregator={aggregator!r} needs weights ([K] on the simplex)")
-    losses, grads = per_objective_dpo_grads(params, graphdef, batches, beta=beta)
-    direction, info = aggregate(grads, aggregator=aggregator, weights=weights, c=c)
-    updates, opt_state = tx.update(direction, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, MultiObjectiveMetrics(losses, info)
 
 
 #: Per-objective metrics of :func:`multiobjective_train_step` (``<name>_<k>`` for k < K).
@@ -196,6 +88,7 @@ def multiobjective_train_step(
     label_smoothing: float = 0.0,
     grad_accum_steps: int = 1,
     batch_sharding=None,
+    kl_metric: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     r"""One multi-objective DPO step of the training engine (pure; jit it, donating ``state``).
 
@@ -225,13 +118,17 @@ def multiobjective_train_step(
       label_smoothing: conservative-DPO ε ∈ [0, ½).
       grad_accum_steps: micro-batches per objective batch (``B`` divisible by it).
       batch_sharding: sharding of a ``(batch, length)`` array (None: no constraint).
+      kl_metric: compute ``kl_ref`` and ``kl_ref_k`` (as in
+        :func:`~jaxalign.train.step.preference_train_step`: a reference forward pass and a
+        second pass over the vocabulary per objective; without it, batches that carry
+        precomputed reference log-probs skip the reference entirely).
 
     Returns:
       ``(new_state, metrics)``: replicated scalars. Per objective ``k``: ``loss_k``,
       ``accuracy_k``, ``margin_k``, ``chosen_reward_k``, ``rejected_reward_k``,
-      ``kl_ref_k``, ``grad_norm_k`` (``‖g_k‖``), ``agg_weight_k`` / ``agg_coef_k`` /
-      ``agg_cos_k`` (the aggregator's simplex weights, the coefficients of
-      ``d = Σ_k coef_k g_k`` and ``cos(g_k, d)``). Overall: the DPO step's metrics
+      ``kl_ref_k`` (with ``kl_metric``), ``grad_norm_k`` (``‖g_k‖``), ``agg_weight_k`` /
+      ``agg_coef_k`` / ``agg_cos_k`` (the aggregator's simplex weights, the coefficients
+      of ``d = Σ_k coef_k g_k`` and ``cos(g_k, d)``). Overall: the DPO step's metrics
       (``loss``, ``accuracy``, ``margin``, … as the ``s``-weighted sums of the
       per-objective values, ``s = w`` for weighted_sum / raco and uniform for mgda /
       cagrad), ``grad_norm = ‖d‖`` (before clipping), ``conflict`` (1 when some
@@ -276,6 +173,7 @@ def multiobjective_train_step(
             label_smoothing=label_smoothing,
             grad_accum_steps=grad_accum_steps,
             batch_sharding=batch_sharding,
+            kl_metric=kl_metric,
         )
 
     _, (grads, per) = jax.lax.scan(objective, None, stacked)  # leaves [K, ...]
@@ -307,7 +205,7 @@ def multiobjective_train_step(
         tokens=tokens.astype(jnp.float32),
         finite=finite.astype(jnp.float32),
     )
-    for name in PER_OBJECTIVE_METRICS:
+    for name in (n for n in PER_OBJECTIVE_METRICS if n in per):
         for i in range(k):
             metrics[f"{name}_{i}"] = per[name][i].astype(jnp.float32)
     return new_state, metrics
@@ -321,12 +219,7 @@ def _drop_last(sharding):
 __all__ = [
     "AGGREGATORS",
     "PER_OBJECTIVE_METRICS",
-    "MultiObjectiveMetrics",
-    "PreferenceBatches",
     "aggregate",
-    "multiobjective_dpo_step",
     "multiobjective_train_step",
-    "per_objective_dpo_grads",
-    "reference_logprobs",
     "uses_weights",
 ]

@@ -78,6 +78,7 @@ class MultiObjectiveTask(Task):
             label_smoothing=algo.label_smoothing,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
+            kl_metric=config.logging.kl_ref,
         )
 
     def init(self, key: jax.Array):
