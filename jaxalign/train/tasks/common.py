@@ -18,7 +18,7 @@ from jaxalign.models import ModelConfig, build_tiny_tokenizer, from_pretrained, 
 from jaxalign.parallel import data_shard_info
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import Shardings, abstract_model, init_train_state, train_shardings
-from jaxalign.train.tasks.base import RunContext
+from jaxalign.train.tasks.base import RunContext, Task
 
 
 def load_run_tokenizer(ctx: RunContext):
@@ -162,6 +162,34 @@ def loss_summary(history: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
     return out
 
 
+class PreferenceTask(Task):
+    """What the tasks on preference datasets share: the tokenizer, the trainable policy
+    (AdamW state sharded like it), the frozen reference π_ref = π_0, one resumable loader
+    per dataset, and the HF export of the final policy."""
+
+    reports_flops = True
+
+    def __init__(self, ctx: RunContext, num_objectives: int):
+        config = self.config = ctx.config
+        self.ctx = ctx
+        self.tokenizer = load_run_tokenizer(ctx)
+        self.policy = build_policy(ctx, config.run.steps)
+        check_vocab(self.tokenizer, self.policy.config)
+        self.model_config = self.policy.config
+        sh = self.policy.shardings
+        self.state_shardings, self.frozen_shardings = sh.state, sh.reference
+        self.data_configs = preference_data_configs(ctx, num_objectives)
+        self.loaders = preference_loaders(ctx, self.tokenizer, self.data_configs, sh.batch)
+
+    def init(self, key: jax.Array):
+        state = self.policy.init_state(key, self.ctx.rule_pairs)
+        self.frozen = self.policy.copy_params(state.params)  # π_ref = the initial policy
+        return state
+
+    def export(self, state, directory: Path) -> Path:
+        return save_policy(self.policy.graphdef, state.params, directory)
+
+
 def save_policy(graphdef, params, directory: Path) -> Path:
     """The policy as an HF checkpoint that transformers loads."""
     from jaxalign.models import save_pretrained
@@ -171,6 +199,7 @@ def save_policy(graphdef, params, directory: Path) -> Path:
 
 __all__ = [
     "Policy",
+    "PreferenceTask",
     "build_policy",
     "check_vocab",
     "load_policy",

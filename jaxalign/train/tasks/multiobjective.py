@@ -11,7 +11,6 @@ CAGrad or RACO over the K gradients). Metrics gain the per-objective ``loss_k``,
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,7 +22,7 @@ from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.multiobjective import multiobjective_train_step, uses_weights
 from jaxalign.train.step import shard_preference_batch
 from jaxalign.train.tasks import common
-from jaxalign.train.tasks.base import RunContext, Task
+from jaxalign.train.tasks.base import RunContext
 
 
 def pad_batch_length(batch: PreferenceBatch, length: int, pad_id: int) -> PreferenceBatch:
@@ -45,24 +44,15 @@ def pad_batch_length(batch: PreferenceBatch, length: int, pad_id: int) -> Prefer
     )
 
 
-class MultiObjectiveTask(Task):
+class MultiObjectiveTask(common.PreferenceTask):
     """``algorithm.name: multiobjective_dpo`` on ``data.paths`` (or the tiny datasets)."""
 
     name = "multiobjective"
-    reports_flops = True
 
     def __init__(self, ctx: RunContext):
-        config = self.config = ctx.config
-        self.ctx = ctx
-        self.tokenizer = common.load_run_tokenizer(ctx)
-        self.policy = common.build_policy(ctx, config.run.steps)
-        common.check_vocab(self.tokenizer, self.policy.config)
-        self.model_config = self.policy.config
-        sh = self.policy.shardings
-        self.state_shardings, self.frozen_shardings = sh.state, sh.reference
-        k = config.num_objectives
-        self.data_configs = common.preference_data_configs(ctx, k)
-        self.loaders = common.preference_loaders(ctx, self.tokenizer, self.data_configs, sh.batch)
+        super().__init__(ctx, ctx.config.num_objectives)
+        config, sh = self.config, self.policy.shardings
+        k = len(self.loaders)
         self.batch_shardings = (PreferenceBatch(*(sh.batch,) * 6, sh.example),) * k
         algo = config.algorithm
         weights = algo.objective_weights(k)
@@ -80,11 +70,6 @@ class MultiObjectiveTask(Task):
             batch_sharding=sh.batch,
             kl_metric=config.logging.kl_ref,
         )
-
-    def init(self, key: jax.Array):
-        state = self.policy.init_state(key, self.ctx.rule_pairs)
-        self.frozen = self.policy.copy_params(state.params)  # π_ref = the initial policy
-        return state
 
     def batch(self, step: int, key: jax.Array):
         # All loaders advance together (their positions stay in step on resume).
@@ -137,9 +122,6 @@ class MultiObjectiveTask(Task):
         out = common.loss_summary(history, "accuracy", *keys)
         out["data"] = [loader.dataset.stats for loader in self.loaders]
         return out
-
-    def export(self, state, directory: Path) -> Path:
-        return common.save_policy(self.policy.graphdef, state.params, directory)
 
 
 __all__ = ["MultiObjectiveTask", "pad_batch_length"]

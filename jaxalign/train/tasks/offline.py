@@ -10,7 +10,6 @@ is :func:`jaxalign.train.step.preference_train_step`.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,28 +20,18 @@ from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.reference import CACHE_NAME, precompute_reference_logps
 from jaxalign.train.step import preference_train_step, shard_preference_batch
 from jaxalign.train.tasks import common
-from jaxalign.train.tasks.base import RunContext, Task
+from jaxalign.train.tasks.base import RunContext
 
 
-class OfflinePairwiseTask(Task):
+class OfflinePairwiseTask(common.PreferenceTask):
     """``algorithm.name`` ∈ {dpo, ipo, robust_dpo} on text preference data."""
 
     name = "offline"
-    reports_flops = True
 
     def __init__(self, ctx: RunContext):
-        config = self.config = ctx.config
-        self.ctx = ctx
-        self.tokenizer = common.load_run_tokenizer(ctx)
-        self.policy = common.build_policy(ctx, config.run.steps)
-        common.check_vocab(self.tokenizer, self.policy.config)
-        self.model_config = self.policy.config
-        sh = self.policy.shardings
-        self.state_shardings, self.frozen_shardings = sh.state, sh.reference
-        self.data_config = common.preference_data_configs(ctx, 1)[0]
-        (self.loader,) = common.preference_loaders(
-            ctx, self.tokenizer, [self.data_config], sh.batch
-        )
+        super().__init__(ctx, 1)
+        config, sh = self.config, self.policy.shardings
+        (self.data_config,), (self.loader,) = self.data_configs, self.loaders
         d = config.data
         refs = (sh.example, sh.example) if d.precompute_reference else (None, None)
         if d.packing:
@@ -58,7 +47,7 @@ class OfflinePairwiseTask(Task):
             algorithm=algo.name,
             beta=algo.beta,
             label_smoothing=algo.label_smoothing,
-            tau=algo.tau,
+            tau=algo.resolved_tau,
             flip_rate=algo.flip_rate,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
@@ -66,8 +55,7 @@ class OfflinePairwiseTask(Task):
         )
 
     def init(self, key: jax.Array):
-        state = self.policy.init_state(key, self.ctx.rule_pairs)
-        self.frozen = self.policy.copy_params(state.params)  # π_ref = the initial policy
+        state = super().init(key)
         if self.config.data.precompute_reference:
             self._precompute_reference()
         return state
@@ -130,9 +118,6 @@ class OfflinePairwiseTask(Task):
             **common.loss_summary(history, "accuracy"),
             "data": self.loader.dataset.stats,
         }
-
-    def export(self, state, directory: Path) -> Path:
-        return common.save_policy(self.policy.graphdef, state.params, directory)
 
 
 __all__ = ["OfflinePairwiseTask"]
