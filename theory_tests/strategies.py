@@ -6,8 +6,23 @@ sizes, scales and tie structure while each example stays cheap to build.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the CI profile, scaled by the loaded hypothesis profile.
+
+    Use as ``@settings(max_examples=examples(n))`` for a test slower than the default
+    count allows: a fixed ``max_examples`` would override the profile, so the ``thorough``
+    profile (``JAXALIGN_HYPOTHESIS_PROFILE=thorough``, 20× the CI count) could not enlarge
+    the test.
+    """
+    base = settings.get_profile("jaxalign").max_examples
+    return max(1, math.ceil(n * settings.default.max_examples / base))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 Each property is written as a checker that takes the implementation under test, so
 the same checker is also run against deliberately wrong formulas (the last tests in
-this file) to show that it can fail.
+this file) to show that it can fail. Best-of-N is checked exactly against an
+independent oracle: enumerating all K^N draws with uniform tie-breaking.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -17,7 +19,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jaxalign import kl
-from theory_tests.strategies import base_and_reward, lattice_instance, random_policies
+from theory_tests.strategies import base_and_reward, examples, lattice_instance, random_policies
 
 # ---------------------------------------------------------------------------------------------
 # Checkers (return the worst violation; the tests assert on it).
@@ -51,6 +53,31 @@ def bon_mc_error(bon_fn, log_p, reward, n, key, num_samples) -> float:
     exact = np.exp(np.asarray(bon_fn(log_p, reward, n)))
     sigma = np.sqrt(exact * (1 - exact) / num_samples)
     return float(np.max(np.abs(exact - freq) / (5 * sigma + 1e-3)))
+
+
+def bon_by_enumeration(log_p, reward, n) -> tuple[np.ndarray, float]:
+    """Exact best-of-N law and its win rate against p (ties ½), from all K^N draws.
+
+    The draw with the highest reward is kept, uniformly among the draws tied at the top;
+    independent of the CDF formula it checks (numpy, no sorting, no log space).
+    """
+    p, k = np.exp(log_p), len(log_p)
+    law = np.zeros(k)
+    for draws in itertools.product(range(k), repeat=n):
+        r = reward[list(draws)]
+        top = [y for y, v in zip(draws, r) if v == r.max()]
+        mass = np.prod(p[list(draws)])
+        for y in top:
+            law[y] += mass / len(top)
+    beats = (reward[:, None] > reward[None, :]) + 0.5 * (reward[:, None] == reward[None, :])
+    return law, float(law @ beats @ p)
+
+
+def bon_kl_bound_excess(bon_fn, log_p, reward, n) -> float:
+    """KL(π_N‖p) − (log N − (N−1)/N) for a BoN law given by ``bon_fn``; ≤ 0 passes."""
+    log_bon = np.asarray(bon_fn(log_p, reward, n))
+    assert abs(float(jax.nn.logsumexp(log_bon))) < 1e-10  # a distribution
+    return float(kl.kl_divergence(log_bon, log_p)) - float(kl.best_of_n_kl_bound(n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +173,30 @@ def test_budget_solver_hits_the_budget(inst, fraction):
         )
 
 
+@given(base_and_reward(), st.booleans())
+def test_max_kl_is_never_negative_and_a_valid_budget(inst, constant):
+    """max_kl = −log p(argmax set) ≥ 0 — also for a constant reward, where it is −log 1 and
+    a rounding error used to make it −1e-16 and the budget solver reject it."""
+    log_p, reward = inst
+    if constant:
+        reward = np.full_like(reward, reward[0])
+    top = float(kl.max_kl(log_p, reward))
+    assert top >= 0
+    if constant:  # exactly −log 1: a rounding ±1e-16 made budgets negative or "binding"
+        assert top == 0.0
+    top_set = reward == reward.max()
+    np.testing.assert_allclose(top, -np.log(np.exp(log_p)[top_set].sum()), atol=1e-12)
+    # Every budget up to it is accepted; the largest returns the argmax restriction, β = 0.
+    assert np.isfinite(np.asarray(kl.kl_constrained_policy(log_p, reward, 0.875 * top)[0])).any()
+    log_opt, beta = kl.kl_constrained_policy(log_p, reward, top)
+    assert float(beta) == 0.0
+    np.testing.assert_allclose(
+        np.exp(log_opt),
+        np.where(top_set, np.exp(log_p), 0) / np.exp(log_p)[top_set].sum(),
+        atol=1e-12,
+    )
+
+
 def test_budget_solver_is_jittable_and_vmappable():
     rng = np.random.default_rng(0)
     log_p = np.stack([np.log(rng.dirichlet(np.ones(6))) for _ in range(16)])
@@ -163,18 +214,13 @@ def test_budget_solver_is_jittable_and_vmappable():
 @given(base_and_reward(), st.sampled_from([1, 2, 3, 7, 50, 1000, 10**6, 1e12]))
 def test_bon_kl_is_below_log_n_minus_n_minus_1_over_n(inst, n):
     log_p, reward = inst
-    log_bon, kl_bon = _bon_and_kl(log_p, reward, float(n))
-    assert abs(float(jax.nn.logsumexp(log_bon))) < 1e-10  # a distribution
-    assert float(kl_bon) <= float(kl.best_of_n_kl_bound(n)) + 1e-10
+    assert bon_kl_bound_excess(_bon_jit, log_p, reward, float(n)) <= 1e-10
 
 
-@jax.jit
-def _bon_and_kl(log_p, reward, n):
-    log_bon = kl.best_of_n_policy(log_p, reward, n)
-    return log_bon, kl.kl_divergence(log_bon, log_p)
+_bon_jit = jax.jit(kl.best_of_n_policy)
 
 
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(st.integers(1, 20), st.integers(0, 2**31 - 1))
 def test_bon_kl_bound_is_tight_without_atoms(n, seed):
     k = 20_000
@@ -190,19 +236,49 @@ def test_bon_win_rate_is_at_most_n_over_n_plus_1(inst, n):
     assert float(kl.best_of_n_win_rate(log_p, reward, n)) <= n / (n + 1) + 1e-12
 
 
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(st.integers(1, 50), st.integers(0, 2**31 - 1))
 def test_bon_win_rate_equals_n_over_n_plus_1_without_atoms(n, seed):
     k = 400
     rng = np.random.default_rng(seed)
-    log_p = np.log(rng.dirichlet(np.ones(k)))
+    p = rng.dirichlet(np.ones(k))
     reward = rng.standard_normal(k)
-    # Atomless in the limit: the deficit is at most ½ Σ_y q_y (the tie mass of one draw).
-    deficit = n / (n + 1) - float(kl.best_of_n_win_rate(log_p, reward, n))
-    assert -1e-12 <= deficit <= 0.5 * float(np.sum(np.exp(2 * log_p))) * n + 1e-12
+    got = float(kl.best_of_n_win_rate(np.log(p), reward, n))
+    # Distinct rewards: with F_i the CDF in reward order, π_N(i) = F_i^N − F_{i−1}^N and a
+    # draw from p beats or ties response i with probability (F_{i−1} + F_i)/2 (a response
+    # ties only with itself), so the win rate is N/(N+1) minus the trapezoid-rule error of
+    # ∫ N u^N du on the grid F (computed here in numpy, in reward order).
+    cdf = np.cumsum(p[np.argsort(reward)])
+    lo = np.concatenate([[0.0], cdf[:-1]])
+    exact = np.sum((cdf**n - lo**n) * (cdf + lo) / 2)
+    deficit = np.sum(
+        n / (n + 1) * (cdf ** (n + 1) - lo ** (n + 1)) - (cdf**n - lo**n) * (cdf + lo) / 2
+    )
+    assert abs(got - exact) <= 1e-12
+    assert abs((n / (n + 1) - got) - deficit) <= 1e-12
+    # The deficit vanishes as the atoms do: at most ½·N·Σ p² (the tie mass).
+    assert -1e-15 <= deficit <= 0.5 * n * np.sum(p**2) + 1e-15
 
 
-@settings(max_examples=6)
+@settings(max_examples=examples(15))
+@given(base_and_reward(max_size=5), st.integers(1, 4))
+def test_bon_law_and_win_rate_match_enumeration_of_all_draws(inst, n):
+    """Exact π_N and its win rate (ties ½) equal the enumeration of all K^N draws."""
+    log_p, reward = inst
+    if np.unique(reward).size == reward.size:  # make ties: round the rewards
+        reward = np.round(reward)
+    law, win = bon_by_enumeration(log_p, reward, n)
+    np.testing.assert_allclose(np.exp(np.asarray(_bon_jit(log_p, reward, n))), law, atol=1e-12)
+    assert abs(float(kl.best_of_n_win_rate(log_p, reward, n)) - win) <= 1e-12
+    assert win <= n / (n + 1) + 1e-12
+    # The exact win rate is kl.win_rate of π_N against p, which is antisymmetric.
+    log_law = np.log(np.maximum(law, 1e-300))
+    assert abs(float(kl.win_rate(log_law, log_p, reward)) - win) <= 1e-12
+    assert abs(float(kl.win_rate(log_p, log_law, reward)) - (1 - win)) <= 1e-12
+    assert abs(float(kl.win_rate(log_p, log_p, reward)) - 0.5) <= 1e-12
+
+
+@settings(max_examples=examples(6))
 @given(base_and_reward(max_size=6, ties=True), st.integers(1, 6), st.integers(0, 2**31 - 1))
 def test_exact_bon_with_ties_matches_monte_carlo(inst, n, seed):
     """Tolerance: 5 binomial standard deviations + 1e-3 per response, 100k samples."""
@@ -230,7 +306,7 @@ def test_bon_per_token_reward_approaches_x_star_reference_example():
     assert scaled.max() / scaled.min() < 1.5
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(lattice_instance(), st.floats(0.02, 0.4))
 def test_bon_never_beats_kl_rl_and_its_gap_shrinks_with_m(inst, frac):
     log_p, reward = inst
@@ -255,7 +331,7 @@ def test_sequence_law_does_not_underflow_for_long_sequences():
     assert np.isfinite(float(r_bon))
 
 
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(lattice_instance(), st.floats(-2.0, 2.0), st.floats(-1.0, 1.0), st.integers(1, 9))
 def test_scaled_cumulant_is_exact_for_every_m(inst, lam, t, m):
     log_p, reward = inst
@@ -314,17 +390,29 @@ def test_monte_carlo_checker_rejects_bon_without_tie_handling():
     assert bon_mc_error(kl.best_of_n_policy, log_p, reward, 3, jax.random.key(0), 100_000) <= 1.0
 
 
+def _bon_one_draw_too_many(log_p, reward, n):
+    return kl.best_of_n_policy(log_p, reward, n + 1)
+
+
 def test_bon_bound_rejects_a_wrong_bon_formula():
-    # A first-order "N p(y) F(y)^{N-1}" approximation overshoots the KL bound.
-    k, n = 2000, 8
+    """BoN with N + 1 draws is a distribution with the right log N growth and the wrong
+    constant: the tight bound rejects it (atomless p), and accepts the correct π_N."""
+    k = 2000
     log_p = np.full(k, -math.log(k))
-    cdf = np.arange(1, k + 1) / k
-    wrong = n * np.exp(log_p) * cdf ** (n - 1)
-    kl_wrong = (
-        float(kl.kl_divergence(np.log(wrong), log_p)) if abs(wrong.sum() - 1) < 1e-9 else None
-    )
-    # Either not a distribution, or its KL breaks the bound.
-    assert kl_wrong is None or kl_wrong > float(kl.best_of_n_kl_bound(n))
+    reward = np.random.default_rng(0).permutation(k).astype(np.float64)
+    for n in (2, 8, 100):
+        assert bon_kl_bound_excess(_bon_one_draw_too_many, log_p, reward, n) > 1e-3
+        assert bon_kl_bound_excess(kl.best_of_n_policy, log_p, reward, n) <= 1e-12
+
+
+def test_enumeration_oracle_rejects_wrong_tie_credit():
+    """The win-rate oracle separates ties credited ½ from ties credited 0 or 1."""
+    log_p, reward = np.log([0.4, 0.3, 0.2, 0.1]), np.array([0.0, 1.0, 1.0, 2.0])
+    law, win = bon_by_enumeration(log_p, reward, 3)
+    p = np.exp(log_p)
+    for credit in (0.0, 1.0):
+        beats = (reward[:, None] > reward[None, :]) + credit * (reward[:, None] == reward[None, :])
+        assert abs(float(law @ beats @ p) - win) > 1e-2
 
 
 @pytest.mark.parametrize("n", [2, 10])

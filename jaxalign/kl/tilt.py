@@ -195,7 +195,14 @@ def _argmax_restriction(log_base: jax.Array, reward: jax.Array) -> jax.Array:
 def _max_kl(log_base: jax.Array, reward: jax.Array) -> jax.Array:
     on = _support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
-    return -jax.nn.logsumexp(jnp.where(on & (reward == r_max), log_base, -jnp.inf))
+    top = on & (reward == r_max)
+    log_top = jax.nn.logsumexp(jnp.where(top, log_base, -jnp.inf))
+    log_rest = jax.nn.logsumexp(jnp.where(on & ~top, log_base, -jnp.inf))
+    # -log p(top) from the smaller of p(top) and p(rest): a log-sum-exp over (nearly) all of
+    # a normalised p rounds to ±1e-16, and a constant reward must give exactly 0 — a
+    # negative budget is rejected, a positive one is "binding" with no reward spread (NaN).
+    half = jnp.log(jnp.asarray(0.5, log_rest.dtype))
+    return jnp.where(log_rest < half, 0.0 - jnp.log1p(-jnp.exp(log_rest)), -log_top)
 
 
 def kl_constrained_policy(

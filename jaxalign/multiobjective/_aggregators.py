@@ -105,15 +105,20 @@ class AggregatorState(NamedTuple):
 # jitted here (one compilation per K and dtype); inside a caller's jit it is inlined.
 
 
-def _is_zero(sq_norm: jax.Array, gram: jax.Array) -> jax.Array:
-    """‖v‖² below the round-off floor of a Gram-matrix quadratic form.
+def _is_zero(sq_norm: jax.Array, gram: jax.Array, v: jax.Array) -> jax.Array:
+    """``‖Σ_i v_i g_i‖² = vᵀGv`` below the round-off floor of that quadratic form.
 
-    ``vᵀGv`` is computed with absolute error ≈ K·eps·max_i G_ii, so a smaller value
-    carries no reliable direction; the rules then fall back to the anchor gradient.
+    Each ``G_ij`` carries an absolute error of order ``eps·‖g_i‖‖g_j‖``, so ``vᵀGv`` is
+    known only to about ``K·eps·(Σ_i |v_i|‖g_i‖)²``; a smaller value carries no reliable
+    direction and the rules fall back to the anchor gradient. The floor scales with
+    ``v`` and with each gradient's own norm (not with the largest one): a combination
+    with small coefficients (RACO's clipped ``p̃`` under a small user weight) or of
+    small gradients is still a direction, in float32 as in float64.
     """
     k = gram.shape[0]
     eps = float(np.finfo(gram.dtype).eps)
-    floor = 64 * k * eps * jnp.max(jnp.diagonal(gram))
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0))
+    floor = 64 * k * eps * jnp.square(jnp.abs(v) @ norms)
     return ~(sq_norm > jnp.maximum(floor, float(np.finfo(gram.dtype).tiny)))
 
 
@@ -149,7 +154,7 @@ def _conflict_averse_rule(gram, anchor, c, clip, method, num_iters):
         p = jnp.minimum(p, anchor)
     radius = jnp.asarray(c, gram.dtype) * jnp.sqrt(_quad(anchor, gram))
     sq = _quad(p, gram)
-    zero = _is_zero(sq, gram)
+    zero = _is_zero(sq, gram, p)
     scale = jnp.where(zero, 0, radius * jax.lax.rsqrt(jnp.where(zero, 1, sq)))
     return anchor + scale * p, p
 
@@ -179,7 +184,7 @@ def _pcgrad_rule(gram, key, reduction):
     dtype = gram.dtype
     eye = jnp.eye(k, dtype=dtype)
     diag = jnp.diagonal(gram)
-    usable = ~_is_zero(diag, gram)  # zero gradients are never projected on
+    usable = ~_is_zero(diag, gram, eye)  # zero gradients are never projected on
 
     def project_row(i, row_key):
         order = jax.random.permutation(row_key, k)
@@ -205,9 +210,9 @@ def _info(gram, coef, weights) -> AggregationInfo:
     k = gram.shape[0]
     g_coef = gram @ coef
     sq = _quad(coef, gram)
-    zero_d = _is_zero(sq, gram)
+    zero_d = _is_zero(sq, gram, coef)
     diag = jnp.diagonal(gram)
-    zero_g = _is_zero(diag, gram)
+    zero_g = _is_zero(diag, gram, jnp.eye(k, dtype=gram.dtype))
     denom = jnp.sqrt(jnp.where(zero_g, 1, diag)) * jnp.sqrt(jnp.where(zero_d, 1, sq))
     cosines = jnp.where(zero_g | zero_d, 0, g_coef / denom)
     off_diagonal = ~jnp.eye(k, dtype=bool)
