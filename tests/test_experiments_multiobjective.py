@@ -16,13 +16,15 @@ def _run(name: str, tmp_path, overrides):
 
 
 def test_cagrad_toy_cagrad_reaches_the_minimiser_where_mgda_stops_early(tmp_path):
+    # At lr 0.01 exact CAGrad (float64 agrees) first comes within 0.1 of the minimiser
+    # after 4,000-10,000 steps depending on the start; 20,000 leaves a margin.
     summary = _run(
         "cagrad-toy",
         tmp_path,
         [
             "methods=[mgda,cagrad]",
             "starts=[[-8.5,7.5],[9.0,9.0],[9.0,-1.0]]",
-            "num_steps=10000",
+            "num_steps=20000",
             "learning_rate=0.01",
             "record_every=500",
         ],
