@@ -19,7 +19,8 @@ host sync of the loss:
 Rows: shapes ``tiny`` (d 128, 4 layers) and ``d512`` (d 512, 8 layers); precisions
 ``float32`` (TRL ``bf16=False``; jaxalign float32) and ``bf16`` (TRL ``bf16=True``:
 autocast, float32 master weights; jaxalign ``dtype=bfloat16``, ``param_dtype=float32``).
-Gradient checkpointing is off on both sides in every row (jaxalign has no remat yet).
+Gradient checkpointing is off on both sides in every row (on for both with
+``--gradient-checkpointing``: jaxalign ``model.remat = "full"``).
 Headline: real (non-padding) tokens/s per side and their ratio (of medians and of
 mins); the losses of both sides are compared step by step as a same-work check.
 
@@ -48,7 +49,7 @@ TRL_OVERRIDES = (
      "the same dtype on both sides"),
     ("gradient_checkpointing (activation_checkpointing)", "True (DPOConfig)",
      "False (True with --gradient-checkpointing)",
-     "off on both sides: jaxalign has no remat option yet"),
+     "the same on both sides: off, or on for both (jaxalign model.remat = full)"),
     ("learning_rate", "1e-6 (DPOConfig)", "1e-4", "the shared learning rate"),
     ("lr_scheduler_type", "linear", "constant", "the shared constant schedule"),
     ("max_length", "1024", "--max-length (48)",
@@ -72,7 +73,7 @@ def _parse(argv):
     p.add_argument(
         "--gradient-checkpointing",
         action="store_true",
-        help="on for both sides (jaxalign: JaxalignOptions.remat='full', not available yet)",
+        help="on for both sides (jaxalign: model.remat = full)",
     )
     p.add_argument(
         "--trl-precompute-ref",
