@@ -21,7 +21,7 @@ import math
 import jax
 import numpy as np
 
-from jaxalign import kl
+from jaxalign import kl, plotting
 from jaxalign.experiment import Experiment, Result
 
 
@@ -117,7 +117,12 @@ def _run(config: Config, track) -> Result:
             }
         )
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plotting.figure(
+        1,
+        3,
+        panel_size=(5.0, 4.0),
+        suptitle="Asymptotics of language model alignment: best-of-N ≈ KL-constrained RL",
+    )
     ax = axes[0]
     ax.plot(
         np.asarray(frontier.kl),
@@ -127,35 +132,46 @@ def _run(config: Config, track) -> Result:
         label="KL-RL (exact tilt)",
     )
     colors = plt.cm.viridis(np.linspace(0.1, 0.85, len(bon_curves)))
-    for c, (m, pts) in zip(colors, bon_curves.items()):
-        ax.plot(pts[:, 0], pts[:, 1], "o-", ms=3, color=c, label=f"best-of-N, m={m}")
-    ax.set_xlabel("KL(π‖p) / m  (nats per token)")
-    ax.set_ylabel("E_π[R] / m  (reward per token)")
+    for c, (m, pts) in zip(colors, bon_curves.items(), strict=True):
+        ax.plot(pts[:, 0], pts[:, 1], "o-", ms=3, color=c, label=f"best-of-N, $m={m}$")
+    ax.set_xlabel(r"$\mathrm{KL}(\pi\,\|\,p)\,/\,m$  (nats per token)")
+    ax.set_ylabel(r"$E_\pi[R]\,/\,m$  (reward per token)")
     ax.set_title("(a) reward–KL frontier per token")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    plotting.legend(ax, loc="lower right")
 
     ax = axes[1]
     ax.semilogx(ms, conv["bon_reward"], "o-", label=r"best-of-N, $N = e^{m\delta}$")
-    ax.axhline(x_star, color="k", ls="--", label=f"x* = {x_star:.4f}  (Λ*(x*) = δ)")
-    ax.axhline(x_rl, color="r", ls=":", label=f"KL-RL at budget mδ: {x_rl:.4f}")
-    ax.set_xlabel("sequence length m")
+    plotting.reference_line(
+        ax,
+        y=x_star,
+        horizontal=True,
+        color="k",
+        label=rf"$x^* = {x_star:.4f}$, $\Lambda^*(x^*) = \delta$",
+    )
+    plotting.reference_line(
+        ax,
+        y=x_rl,
+        horizontal=True,
+        color="C1",
+        ls=":",
+        lw=1.6,
+        label=rf"KL-RL at budget $m\delta$: {x_rl:.4f}",
+    )
+    plotting.expand_to(ax, x_star, pad=0.12)  # the limit x* inside the axes, not on the border
+    ax.set_xlabel("sequence length $m$")
     ax.set_ylabel("reward per token")
-    ax.set_title(f"(b) per-token BoN reward → x*  (δ = {delta})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax.set_title(rf"(b) per-token BoN reward $\to x^*$  ($\delta$ = {delta})")
+    plotting.legend(ax, loc="lower right")
 
     ax = axes[2]
-    ax.loglog(ms, gaps, "o-", label="x* − BoN reward per token")
+    ax.loglog(ms, gaps, "o-", label=r"$x^*$ − BoN reward per token")
     ref = gaps[0] * (np.log(ms) / ms) / (np.log(ms[0]) / ms[0])
-    ax.loglog(ms, ref, "k--", label="∝ log m / m")
-    ax.set_xlabel("sequence length m")
+    plotting.reference_line(ax, ms, ref, label=r"$\propto \log m\,/\,m$ (through the first point)")
+    ax.set_xlabel("sequence length $m$")
     ax.set_ylabel("gap")
     ax.set_title("(c) gap to the KL-RL reward")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Asymptotics of language model alignment: best-of-N ≈ KL-constrained RL")
-    fig.tight_layout()
+    plotting.legend(ax)
+    ax.grid(True, which="both")
 
     scaled = gaps * ms / np.log(ms)
     summary = {
@@ -178,6 +194,7 @@ EXPERIMENT = Experiment(
     ),
     config_cls=Config,
     run=run,
+    headline=("x_star", "bon_reward_per_token", "gap_times_m_over_log_m", "max_bon_kl_minus_bound"),
 )
 
 

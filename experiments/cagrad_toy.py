@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 import jaxalign.multiobjective as mo
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 
 Method = Literal["gd", "mgda", "pcgrad", "cagrad", "raco"]
@@ -146,7 +147,8 @@ def _pareto_curve() -> np.ndarray:
 
 
 def run(cfg: Config, track) -> Result:
-    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     if cfg.num_steps < cfg.record_every:
         raise ValueError(
@@ -195,38 +197,45 @@ def run(cfg: Config, track) -> Result:
     with jax.numpy_dtype_promotion("standard"):
         zz = np.asarray(jax.jit(jax.vmap(lambda x: jnp.mean(toy_losses(x))))(pts)).reshape(xx.shape)
     n = len(cfg.methods)
-    cols = 3
-    rows_n = int(np.ceil((n + 1) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 4.0 * rows_n))
-    axes = np.atleast_1d(axes).ravel()
-    for ax, m in zip(axes, cfg.methods):
-        ax.contour(xx, yy, zz, levels=20, cmap="viridis", linewidths=0.8)
-        ax.plot(pareto[:, 0], pareto[:, 1], color="0.6", lw=4, alpha=0.7, label="Pareto set")
+    fig, axes = plotting.panel_grid(
+        n + 1,
+        max_cols=3,
+        panel_size=(4.3, 4.0),
+        suptitle="CAGrad toy (Liu et al. 2021): trajectories on the contours of the average loss",
+    )
+    for ax, m in zip(axes, cfg.methods, strict=False):
+        ax.contour(xx, yy, zz, levels=20, cmap="viridis", linewidths=0.8, zorder=plotting.Z_BAND)
+        ax.plot(pareto[:, 0], pareto[:, 1], color="0.6", lw=4, alpha=0.7, zorder=plotting.Z_BAND)
         for s in range(trajs[m].shape[0]):
             t = trajs[m][s]
             ax.plot(t[:, 0], t[:, 1], color=COLORS[m], lw=1.5)
             ax.plot(t[0, 0], t[0, 1], "ko", ms=5)
-            ax.plot(t[-1, 0], t[-1, 1], "o", color=COLORS[m], mec="k", ms=6)
-        ax.plot(*x_star, marker="*", color="k", ms=14, label="min of average")
+            ax.plot(t[-1, 0], t[-1, 1], "o", color=COLORS[m], mec="k", ms=6, zorder=3)
+        ax.plot(*x_star, marker="*", color="k", ms=14, ls="", zorder=4)
         reached = summary[f"{m}_reached_minimiser"]
         ax.set_title(f"{LABELS[m]}: {reached}/{len(cfg.starts)} reach the minimiser")
         ax.set_xlim(-10, 10)
         ax.set_ylim(-10, 10)
+        ax.set_xticks(np.arange(-10, 11, 5))
+        ax.set_yticks(np.arange(-10, 11, 5))
         ax.set_xlabel("$x_1$")
         ax.set_ylabel("$x_2$")
-    axes[0].legend(loc="upper right", fontsize=7)
+        ax.grid(False)
     ax = axes[n]
     for m in cfg.methods:
         ax.semilogy(steps, np.maximum(gaps[m].mean(0), 1e-6), color=COLORS[m], label=LABELS[m])
     ax.set_xlabel("Adam step")
-    ax.set_ylabel(r"average loss $-$ its minimum (mean over starts)")
-    ax.set_title(f"c = {cfg.c}, lr = {cfg.learning_rate}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    for ax in axes[n + 1 :]:
-        ax.axis("off")
-    fig.suptitle("CAGrad toy (Liu et al. 2021): trajectories on the average loss")
-    fig.tight_layout()
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # long step counts: few ticks, no overlap
+    ax.set_ylabel("average loss − its minimum\n(mean over starts, floored at $10^{-6}$)")
+    ax.set_title(f"$c = {cfg.c}$, learning rate {cfg.learning_rate}")
+    plotting.legend(ax)
+    keys = [
+        Line2D([], [], color="0.6", lw=4, alpha=0.7, label="Pareto set"),
+        Line2D([], [], color="k", marker="*", ms=12, ls="", label="minimiser of the average loss"),
+        Line2D([], [], color="k", marker="o", ms=5, ls="", label="start"),
+        Line2D([], [], color="w", marker="o", mec="k", ms=6, ls="", label="end (method colour)"),
+    ]
+    fig.legend(handles=keys, loc="outside lower center", ncols=4)
     return Result(figure=fig, table=rows, summary=summary)
 
 
@@ -235,6 +244,11 @@ EXPERIMENT = Experiment(
     "CAGrad toy (Liu et al. 2021 Fig. 1): GD/MGDA/PCGrad/CAGrad/RACO trajectories",
     Config,
     run,
+    headline=(
+        *(f"{m}_reached_minimiser" for m in LABELS),
+        *(f"{m}_final_gap_mean" for m in LABELS),
+        "num_starts",
+    ),
 )
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import kl
+from jaxalign import kl, plotting
 from jaxalign.data import PreferenceBatch
 from jaxalign.experiment import Experiment, Result
 from jaxalign.testbed import Testbed
@@ -50,6 +50,9 @@ from jaxalign.train import (
     train,
     train_config_from_dict,
 )
+
+# KLs below this are zero up to float64 round-off (best-of-1 is π_ref itself).
+_KL_ZERO = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +167,26 @@ def _dpo_policy(config: Config, step, tx, ref_params, pairs: PreferenceBatch, be
     return state.params
 
 
-def run(config: Config, track) -> Result:
-    import matplotlib.pyplot as plt
+def _label_betas(ax, rows, color, *, below: bool) -> None:
+    """β next to each point; points closer than ~2 % of the axes share one label."""
+    groups: list[list[dict]] = []
+    for r in sorted(rows, key=lambda r: r["parameter"]):
+        for g in groups:
+            near_kl = abs(np.log(r["kl"] / g[0]["kl"])) < 0.1
+            if near_kl and abs(r["reward"] - g[0]["reward"]) < 0.02:
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    for g in groups:
+        text = "β=" + ", ".join(f"{r['parameter']:g}" for r in g)
+        ax.annotate(text, (g[0]["kl"], g[0]["reward"]), fontsize=7, color=color,
+                    xytext=(6, -12 if below else 4), textcoords="offset points",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.8})  # fmt: skip
 
+
+def run(config: Config, track) -> Result:
     testbed = Testbed(config.alphabet_size, config.response_length)
     trained = []  # (method, parameter, final parameters)
     with tempfile.TemporaryDirectory(prefix="llm-kl-frontier-") as runs:
@@ -245,44 +265,49 @@ def run(config: Config, track) -> Result:
         sel = [r for r in rows if r["method"] == method]
         return sel, np.asarray([r["kl"] for r in sel]), np.asarray([r["reward"] for r in sel])
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plotting.figure(
+        1,
+        2,
+        panel_size=(6.0, 4.4),
+        suptitle=(
+            f"LLM-form alignment vs the exact reward–KL frontier (testbed "
+            f"$A={config.alphabet_size}$, $L={config.response_length}$, "
+            f"{testbed.num_responses} responses)"
+        ),
+    )
+    bon_label = f"best-of-N (exact), $N = 2, \\ldots, {config.bon_max_n}$"
     styles = {"kl-pg": ("o", "C0", "KL-reg. policy gradient (RLOO)"),
               "dpo": ("s", "C1", "DPO (offline BT pairs)"),
-              "best-of-n": (".", "C2", "best-of-N (exact)")}  # fmt: skip
+              "best-of-n": (".", "C2", bon_label)}  # fmt: skip
     for ax, log_x in zip(axes, (False, True), strict=True):
         ax.plot(front_kl, front_r, "k-", lw=1.5, label="exact KL-RL frontier")
         for method, (marker, color, label) in styles.items():
             sel, x, y = of(method)
-            if log_x:  # KL = 0 (N = 1) has no place on a log axis
-                x, y = x[x > 0], y[x > 0]
+            # KL(π_N ‖ π_ref) at N = 1 is 0 up to round-off (±1e-17): that point is π_ref
+            # itself (drawn as the star), and on a log axis a segment from it would run far
+            # left and seem to cross above the frontier.
+            keep = x > _KL_ZERO
+            sel, x, y = [r for r, k in zip(sel, keep, strict=True) if k], x[keep], y[keep]
             ax.plot(x, y, marker=marker, color=color, ls="-" if method == "best-of-n" else "",
                     label=label, ms=4 if method == "best-of-n" else 7)  # fmt: skip
-            if method != "best-of-n" and not log_x:
-                for r in sel:
-                    ax.annotate(
-                        f"β={r['parameter']:g}", (r["kl"], r["reward"]), fontsize=7,
-                        xytext=(4, -9), textcoords="offset points", color=color,
-                    )  # fmt: skip
+            if method != "best-of-n" and log_x:  # β labels where the points are apart
+                _label_betas(ax, sel, color, below=method == "dpo")
         tk = np.asarray([targets[b][1] for b in config.pg_betas])
         tr = np.asarray([targets[b][0] for b in config.pg_betas])
-        ax.plot(tk, tr, "o", mfc="none", mec="C0", ms=10, label="KL-PG target π_ref e^{r/β}")
-        ax.plot([0.0], [ref_reward], "k*", ms=9, label="π_ref")
-        ax.axhline(best_reward, color="grey", ls=":", lw=1, label="max reward")
-        ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
-        ax.set_ylabel("E_π[r]")
-        ax.grid(alpha=0.3, which="both")
+        ax.plot(tk, tr, "o", mfc="none", mec="C0", ms=10,
+                label=r"target $\pi_{\mathrm{ref}}\,e^{r/\beta}$ of each $\beta$")  # fmt: skip
+        ax.plot([0.0], [ref_reward], "k*", ms=9, label=r"$\pi_{\mathrm{ref}}$ (= best-of-1)")
+        plotting.reference_line(ax, y=best_reward, horizontal=True, ls=":", label="max reward")
+        ax.set_xlabel(r"$\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})$  [nats]")
+        ax.set_ylabel(r"$E_\pi[r]$ (exact)")
+        ax.grid(True, which="both")
         if log_x:
             ax.set_xscale("log")
             ax.set_xlim(left=1e-3)
-            ax.set_title("(b) same, log KL axis")
+            ax.set_title("(b) same, log KL axis (labels: β)")
         else:
-            ax.set_title("(a) reward vs KL, all evaluated exactly")
-            ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(
-        f"LLM-form alignment vs the exact reward–KL frontier (testbed A={config.alphabet_size}, "
-        f"L={config.response_length}, {testbed.num_responses} responses)"
-    )
-    fig.tight_layout()
+            ax.set_title("(a) reward vs KL, every policy evaluated exactly")
+    plotting.figure_legend(fig, axes[:1], ncols=4)
 
     def gap_to_front(method):
         sel, _, _ = of(method)
@@ -320,6 +345,13 @@ EXPERIMENT = Experiment(
     description="KL-PG, DPO and best-of-N on a transformer vs the exact reward-KL frontier",
     config_cls=Config,
     run=run,
+    headline=(
+        "max_excess_over_frontier",
+        "max_gap_below_frontier",
+        "points.kl-pg",
+        "points.dpo",
+        "points.best-of-n",
+    ),
 )
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxalign import kl
+from jaxalign import kl, plotting
 from jaxalign.data import PreferenceBatch
 from jaxalign.experiment import Experiment, Result
 from jaxalign.models import ModelConfig, generate
@@ -105,8 +105,6 @@ def _fit(step, state: TrainState, reference, batches, num_steps: int, weights):
 
 
 def run(config: Config, track) -> Result:
-    import matplotlib.pyplot as plt
-
     testbed = Testbed(config.alphabet_size, config.response_length)
     k_model, k_r1, k_r2, k_pairs, k_labels = jax.random.split(jax.random.key(config.seed), 5)
     # π_ref and the optimizer state every run starts from (a train state as the engine's
@@ -182,39 +180,54 @@ def run(config: Config, track) -> Result:
             row["target_reward_1"], row["target_reward_2"] = targets[w][:2]
         rows.append(row)
 
-    fig, ax = plt.subplots(figsize=(7.5, 6))
-    ax.plot(front[:, 0], front[:, 1], "k-", lw=1.5,
-            label=f"exact front: π_ref·exp((w r1+(1−w) r2)/β), β={config.beta:g}")  # fmt: skip
-    for w, (x, y, _) in targets.items():
-        ax.plot(x, y, "o", mfc="none", mec="k", ms=11)
-        ax.annotate(
-            f"target w={w:g}", (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points"
-        )
+    fig, axes = plotting.figure(
+        1,
+        2,
+        panel_size=(5.6, 4.6),
+        suptitle=(
+            f"Multi-objective DPO on a transformer (testbed $A={config.alphabet_size}$, "
+            f"$L={config.response_length}$, {config.pairs} pairs per objective)"
+        ),
+    )
     styles = {"weighted_sum": ("o", "C0"), "raco": ("^", "C3"), "mgda": ("s", "C1"),
               "cagrad": ("D", "C2")}  # fmt: skip
-    for agg in config.aggregators:
-        sel = [r for r in rows if r["aggregator"] == agg]
-        marker, color = styles.get(agg, ("x", "C4"))
-        label = agg if agg in _WEIGHTED else f"{agg} (weight-free)"
-        if agg in ("cagrad", "raco"):
-            label += f", c={config.c:g}"
-        ax.plot([r["reward_1"] for r in sel], [r["reward_2"] for r in sel], marker=marker,
-                color=color, ls="", ms=8, label=label)  # fmt: skip
-        for r in sel:
-            if agg in _WEIGHTED:
-                ax.annotate(f"w={r['weight']:g}", (r["reward_1"], r["reward_2"]), fontsize=7,
-                            xytext=(4, -10), textcoords="offset points", color=color)  # fmt: skip
-    ax.plot(*ref_point[:2], "k*", ms=12, label="π_ref")
-    ax.set_xlabel("E_π[r1]  (exact)")
-    ax.set_ylabel("E_π[r2]  (exact)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(
-        f"Multi-objective DPO on a transformer (testbed A={config.alphabet_size}, "
-        f"L={config.response_length}, {config.pairs} pairs/objective)",
-        fontsize=10,
-    )
-    fig.tight_layout()
+    for ax in axes:
+        ax.plot(front[:, 0], front[:, 1], "k-", lw=1.5, zorder=plotting.Z_REFERENCE,
+                label=r"exact front: $\pi_{\mathrm{ref}}\,e^{(w r_1 + (1-w) r_2)/\beta}$, "
+                f"$\\beta={config.beta:g}$")  # fmt: skip
+        tgt = np.asarray([v[:2] for v in targets.values()]).reshape(-1, 2)
+        ax.plot(tgt[:, 0], tgt[:, 1], "o", mfc="none", mec="k", ms=11, ls="",
+                label="target of weight $w$")  # fmt: skip
+        for agg in config.aggregators:
+            sel = [r for r in rows if r["aggregator"] == agg]
+            marker, color = styles.get(agg, ("x", "C4"))
+            label = agg if agg in _WEIGHTED else f"{agg} (weight-free)"
+            if agg in ("cagrad", "raco"):
+                label += f", $c={config.c:g}$"
+            ax.plot([r["reward_1"] for r in sel], [r["reward_2"] for r in sel], marker=marker,
+                    color=color, ls="", ms=8, mec="k", mew=0.5, label=label)  # fmt: skip
+            for r in sel:  # each weighted run joined to the target of its weight
+                if agg in _WEIGHTED:
+                    tx_, ty_ = targets[r["weight"]][:2]
+                    ax.plot([r["reward_1"], tx_], [r["reward_2"], ty_], color=color, lw=0.8,
+                            ls=":", zorder=plotting.Z_BAND)  # fmt: skip
+        ax.plot(*ref_point[:2], "k*", ms=12, ls="", label=r"$\pi_{\mathrm{ref}}$")
+        ax.set_xlabel(r"$E_\pi[r_1]$  (exact)")
+        ax.set_ylabel(r"$E_\pi[r_2]$  (exact)")
+    axes[0].set_title("(a) the whole front")
+    # (b) zoom on the runs and their targets; only there the targets carry their w.
+    ax = axes[1]
+    pts = np.asarray([[r["reward_1"], r["reward_2"]] for r in rows]
+                     + [v[:2] for v in targets.values()] + [ref_point[:2]])  # fmt: skip
+    lo, hi = pts.min(0), pts.max(0)
+    pad = 0.12 * np.maximum(hi - lo, 1e-3)
+    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    for w, (x, y, _) in targets.items():
+        ax.annotate(f"$w={w:g}$", (x, y), fontsize=8, xytext=(8, 4), textcoords="offset points")
+    ax.set_title("(b) zoom: dotted lines join each weighted run to its target")
+    axes[0].indicate_inset_zoom(ax, edgecolor="0.5")
+    plotting.figure_legend(fig, axes[:1], ncols=3)
 
     ws = sorted((r for r in rows if r["aggregator"] == "weighted_sum"), key=lambda r: r["weight"])
     summary = {
@@ -243,6 +256,7 @@ EXPERIMENT = Experiment(
     description="Multi-objective DPO (weighted sum, MGDA, CAGrad, RACO) vs the exact Pareto front",
     config_cls=Config,
     run=run,
+    headline=("reference", "reward_correlation", "points", "targets", "weighted_sum_monotone"),
 )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.testbed import scoring
 from jaxalign.train import TrainConfig, train, train_config_from_dict
@@ -153,8 +154,6 @@ def _curves(result) -> tuple[dict[str, np.ndarray], scoring.History]:
 
 
 def run(cfg: Config, track) -> Result:
-    import matplotlib.pyplot as plt
-
     for a in cfg.algorithms:
         if a not in LABELS:
             raise ValueError(f"algorithms must be among {tuple(LABELS)}, got {a!r}")
@@ -174,40 +173,44 @@ def run(cfg: Config, track) -> Result:
                 tracking[algorithm] = tk
                 ratio[algorithm] = np.asarray(h.step_ratio)
 
-    n = len(curves) + (1 if tracking else 0)
-    cols = min(4, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    flat = axes.ravel()
-    for ax, (algorithm, c) in zip(flat, curves.items()):
+    n = len(curves) + 1
+    fig, flat = plotting.panel_grid(
+        n,
+        max_cols=4,
+        panel_size=(3.7, 3.0),
+        suptitle=(
+            f"online LLM-form vs tabular solvers, cyclic game over {num_responses} responses "
+            f"($A={cfg.alphabet_size}$, $L={cfg.response_length}$; $B={cfg.batch_size}$ pairs, "
+            f"{cfg.inner_steps} Adam steps, $s={cfg.step_size:g}$, $\\tau={cfg.tau:g}$)"
+        ),
+    )
+    for i, (ax, (algorithm, c)) in enumerate(zip(flat, curves.items(), strict=False)):
         ax.plot(ts, c["llm_last"], "-o", ms=3, color="C0", label="LLM, last iterate")
         ax.plot(ts, c["llm_avg"], "-", color="C2", label="LLM, average iterate")
         ax.plot(ts, c["tab_last"], "--", color="C1", label="tabular, last iterate")
         ax.plot(ts, c["tab_avg"], ":", color="C3", label="tabular, average iterate")
-        ax.set_title(LABELS[algorithm], fontsize=10)
-        ax.set_xlabel("outer iteration t", fontsize=8)
+        ax.set_title(LABELS[algorithm])
+        ax.set_xlabel("outer iteration $t$")
         ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("exact duality gap")
-    flat[0].legend(fontsize=7)
+        if i % 4 == 0:
+            ax.set_ylabel("exact duality gap")
+    plotting.figure_legend(fig, flat[:1], ncols=4)
+    ax = flat[len(curves)]
+    for algorithm, tk in tracking.items():
+        ax.semilogy(ts[1:], tk, "-o", ms=3, label=LABELS[algorithm])
+    ax.set_title("fit vs exact update of the LLM's $\\pi_t$")
+    ax.set_xlabel("outer iteration $t$")
+    ax.set_ylabel(r"$\mathrm{KL}(T(\pi_t)\,\|\,\pi_{t+1})$  [nats]")
+    # The exact update T of ONPO and MNPO needs more than π_t (π'_t, past iterates):
+    # say so in the legend instead of dropping them silently.
+    untracked = [LABELS[a] for a in curves if a not in tracking]
+    note = f"not shown: {', '.join(untracked)}\n(exact update needs more than $\\pi_t$)"
     if tracking:
-        ax = flat[len(curves)]
-        for algorithm, tk in tracking.items():
-            ax.semilogy(ts[1:], tk, "-o", ms=3, label=LABELS[algorithm])
-        ax.set_title("KL(T(π_t) ‖ π_{t+1}): fit vs exact update", fontsize=9)
-        ax.set_xlabel("outer iteration t", fontsize=8)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in flat[n:]:
-        ax.axis("off")
-    fig.suptitle(
-        f"online LLM-form vs tabular solvers, cyclic game over {num_responses} responses "
-        f"(A={cfg.alphabet_size}, L={cfg.response_length}; B={cfg.batch_size} pairs, "
-        f"{cfg.inner_steps} Adam steps, s={cfg.step_size:g}, τ={cfg.tau:g})",
-        fontsize=10,
-    )
-    fig.tight_layout()
+        plotting.legend(ax, outside=True, fontsize=7, title=note if untracked else None)
+        if untracked:
+            ax.get_legend().get_title().set_fontsize(7)
+    else:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=7)
 
     table = {"t": [int(t) for t in ts]}
     for algorithm, c in curves.items():
@@ -241,6 +244,15 @@ EXPERIMENT = Experiment(
     "Online INPO/ONPO/online IPO/MNPO/EGPO/Nash-MD on a tiny transformer: exact gaps vs tabular",
     Config,
     run,
+    headline=(
+        "initial_gap",
+        "final_gap_llm",
+        "final_gap_tabular",
+        "final_avg_gap_llm",
+        "final_avg_gap_tabular",
+        "final_regularised_gap_llm",
+        "median_tracking_kl",
+    ),
 )
 
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from jaxalign import games as G
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 
 
@@ -44,13 +45,23 @@ def _games(cfg: Config, n: int, annotators: int):
 
 
 def run(cfg: Config, track) -> Result:
-    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     settings = [("homogeneous", 1), ("heterogeneous", cfg.num_annotators)]
     ts = np.arange(1, cfg.num_steps + 1)
     idx = np.unique(np.geomspace(1, cfg.num_steps, 300).astype(int)) - 1
     lo = max(1, int(cfg.fit_from * cfg.num_steps))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig, axes = plotting.figure(
+        1,
+        2,
+        panel_size=(5.8, 4.4),
+        sharey=True,
+        suptitle=(
+            f"MNPO (step size η = {cfg.step_size:g}, $n-1$ copies of $\\pi_t$ as opponents): "
+            f"mean over {cfg.num_games} games, K = {cfg.num_responses}"
+        ),
+    )
     table: dict[str, list] = {"t": [int(t) for t in ts[idx]]}
     summary: dict[str, dict] = {"final_avg_gap": {}, "final_last_gap": {}, "avg_slope": {}}
     jobs = [(s, a, n) for s, a in settings for n in cfg.players]
@@ -70,28 +81,30 @@ def run(cfg: Config, track) -> Result:
         table[f"{key}_last"] = [float(x) for x in last.mean(0)[idx]]
         ax = axes[0 if name == "homogeneous" else 1]
         q10, q90 = np.quantile(avg, [0.1, 0.9], axis=0)
-        (line,) = ax.loglog(ts[idx], mean[idx], label=f"n={n} average (slope {slope:+.2f})")
-        ax.fill_between(ts[idx], q10[idx], q90[idx], color=line.get_color(), alpha=0.15)
-        ax.loglog(
-            ts[idx], last.mean(0)[idx], ls="--", color=line.get_color(), lw=1, label=f"n={n} last"
-        )
-    for ax, (name, annotators) in zip(axes, settings):
-        ref_t = ts[idx][len(idx) // 3]
+        (line,) = ax.loglog(ts[idx], mean[idx], label=f"$n={n}$: slope {slope:+.2f}")
+        plotting.band(ax, ts[idx], q10[idx], q90[idx], color=line.get_color())
+        ax.loglog(ts[idx], last.mean(0)[idx], ls="--", color=line.get_color(), lw=1)
+    fit_t = ts[idx][ts[idx] >= max(lo, ts[-1] // 10)]  # guides over the last decade
+    for ax, (name, annotators) in zip(axes, settings, strict=True):
         ref = np.asarray([v for k, v in table.items() if k.startswith(name) and k.endswith("avg")])
-        anchor = float(np.max(ref[:, len(idx) // 3]))
-        ax.loglog(ts[idx], anchor * (ts[idx] / ref_t) ** -0.5, "k:", lw=1, label="slope −1/2")
-        ax.loglog(ts[idx], anchor * (ts[idx] / ref_t) ** -1.0, "k--", lw=1, label="slope −1")
-        ax.set_title(
-            f"{name}: {annotators} Plackett–Luce annotator(s)\n"
-            f"K={cfg.num_responses}, {cfg.num_games} games",
-            fontsize=10,
-        )
+        end = 4.0 * float(np.max(ref[:, -1]))  # guides ×4 above the curves, under the data
+        plotting.reference_line(ax, fit_t, end * (fit_t / ts[-1]) ** -0.5, ls=":")
+        plotting.reference_line(ax, fit_t, end * (fit_t / ts[-1]) ** -1.0, ls="--")
+        ax.set_title(f"{name}: {annotators} Plackett–Luce annotator(s)")
         ax.set_ylim(bottom=1e-10)
-        ax.set_xlabel("iterations T")
+        ax.set_xlabel("iterations $T$")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        plotting.legend(ax, loc="lower left", title="average iterate: fitted slope")
     axes[0].set_ylabel("multiplayer one-sided duality gap")
-    fig.suptitle(f"MNPO (η={cfg.step_size:g}, n−1 copies of π_t as opponents)")
+    grey = plotting.REFERENCE_COLOR
+    keys = [
+        Line2D([], [], color="k", label="average iterate (mean over games)"),
+        Line2D([], [], color="k", ls="--", lw=1, label="last iterate (mean over games)"),
+        Patch(color=grey, alpha=0.3, lw=0, label="average iterate, 10–90 % of games"),
+        Line2D([], [], color=grey, ls=":", lw=1, label="slope $-1/2$ guide"),
+        Line2D([], [], color=grey, ls="--", lw=1, label="slope $-1$ guide"),
+    ]
+    fig.legend(handles=keys, loc="outside lower center", ncols=5)
     return Result(figure=fig, table=table, summary=summary)
 
 
@@ -100,6 +113,7 @@ EXPERIMENT = Experiment(
     "MNPO paper: multiplayer duality gap vs T for n ∈ {2,3,5}, homogeneous vs heterogeneous",
     Config,
     run,
+    headline=("avg_slope", "final_avg_gap"),
 )
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxalign.multiobjective as mo
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 
 METHODS = ("scalarisation", "cagrad", "raco")
@@ -180,8 +181,6 @@ def _study(cfg: Config, condition_number: float):
 
 
 def run(cfg: Config, track) -> Result:
-    import matplotlib.pyplot as plt
-
     if not 0 <= cfg.c < 1:
         raise ValueError(f"c must satisfy 0 <= c < 1, got {cfg.c}")
     if not 0 < cfg.front_budget <= cfg.num_steps:
@@ -225,12 +224,16 @@ def run(cfg: Config, track) -> Result:
 
     # ------------------------------------------------------------------ figure
     kappas = list(studies)
-    ncols = 2
-    nrows = int(np.ceil((2 + len(kappas)) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 4.6 * nrows))
-    axes = axes.ravel()
-    for ax in axes[2 + len(kappas) :]:
-        ax.axis("off")
+    fig, axes = plotting.panel_grid(
+        2 + len(kappas),
+        max_cols=2,
+        panel_size=(6.0, 4.4),
+        suptitle=(
+            f"RACO (Chen et al. 2026) vs unclipped CAGrad under user weights: random quadratic "
+            f"pairs in $\\mathbb{{R}}^{{{cfg.dim}}}$, $c = {cfg.c}$, "
+            f"$\\eta = {cfg.step_factor}/L_w$"
+        ),
+    )
     # The front panel uses the hardest (last) study: there the methods have not yet
     # converged after the budget, so the reached fronts differ.
     hard = studies[kappas[-1]]
@@ -247,6 +250,7 @@ def run(cfg: Config, track) -> Result:
         for j in range(len(cfg.weights)):
             tr = hard["results"][m][0][0, j, : cfg.front_budget + 1]
             ax.plot(tr[:, 0], tr[:, 1], color=COLORS[m], lw=0.6, alpha=0.4)
+    ax.plot([], [], color="0.4", lw=0.6, label=f"paths of the first {cfg.front_budget} steps")
     box = np.concatenate([targets, *reached])
     pad = 0.15 * (box.max(0) - box.min(0))
     ax.set_xlim(max(0.0, box[:, 0].min() - pad[0]), box[:, 0].max() + pad[0])
@@ -254,10 +258,8 @@ def run(cfg: Config, track) -> Result:
     ax.set_xlabel("$L_1$")
     ax.set_ylabel("$L_2$")
     ax.set_title(
-        f"Points reached after {cfg.front_budget} steps (one instance, κ = {kappas[-1]:g})",
-        fontsize=10,
+        f"(a) points reached after {cfg.front_budget} steps (one instance, κ = {kappas[-1]:g})"
     )
-    ax.legend(fontsize=7)
 
     ax = axes[1]
     sp = first["speedup"]
@@ -265,19 +267,16 @@ def run(cfg: Config, track) -> Result:
     for m in METHODS:
         gaps = first["results"][m][1][n_best, j_best]
         ax.semilogy(np.maximum(gaps / gaps[0], 1e-18), color=COLORS[m], label=LABELS[m], lw=1.8)
-    ax.axhline(cfg.tolerance, color="0.6", ls="--", lw=1)
+    plotting.reference_line(ax, y=cfg.tolerance, horizontal=True, label="tolerance")
     ax.set_xlim(0, min(cfg.num_steps, 3 * int(first["steps"]["cagrad"][n_best, j_best]) + 5))
     ax.set_xlabel("iteration")
     ax.set_ylabel(r"$(L_w - L_w^*) / (L_w(\theta_0) - L_w^*)$")
     ax.set_title(
-        f"κ = {kappas[0]:g}, instance {n_best}, $w_1$ = {cfg.weights[j_best]}: "
-        f"clipping {sp[n_best, j_best]:.2f}× faster (the largest gain)",
-        fontsize=10,
+        f"(b) κ = {kappas[0]:g}, instance {n_best}, $w_1$ = {cfg.weights[j_best]}: "
+        f"clipping {sp[n_best, j_best]:.2f}× faster (the largest gain)"
     )
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
 
-    for ax, kappa in zip(axes[2:], kappas):
+    for panel, (ax, kappa) in enumerate(zip(axes[2:], kappas, strict=True)):
         st = studies[kappa]
         tag = f"kappa{kappa:g}"
         sc = ax.scatter(
@@ -290,22 +289,18 @@ def run(cfg: Config, track) -> Result:
             linewidths=0.3,
         )
         top = max(st["steps"]["raco"].max(), st["steps"]["cagrad"].max()) * 1.05
-        ax.plot([0, top], [0, top], color="0.5", ls="--", lw=1)
+        plotting.reference_line(ax, [0, top], [0, top])  # equal speed
         ax.set_xlabel("iterations to tolerance, RACO (clipped)")
         ax.set_ylabel("iterations to tolerance, no clipping")
         ax.set_title(
-            f"κ = {kappa:g}: clipping faster {summary[tag + '_fraction_clipping_faster']:.0%}, "
+            f"({'cdefgh'[panel]}) κ = {kappa:g}: clipping faster "
+            f"{summary[tag + '_fraction_clipping_faster']:.0%}, "
             f"slower {summary[tag + '_fraction_clipping_slower']:.0%}\n"
             f"median speed-up {summary[tag + '_speedup_median']:.2f}×, "
-            f"min Γ(ρ̃)−Γ(ρ) = {summary[tag + '_gamma_gain_min']:.1e}",
-            fontsize=9,
+            f"min Γ(ρ̃)−Γ(ρ) = {summary[tag + '_gamma_gain_min']:.1e}; dashed: equal speed"
         )
         fig.colorbar(sc, ax=ax, label="$w_1$")
-    fig.suptitle(
-        f"RACO (Chen et al. 2026) vs unclipped CAGrad under user weights, random quadratic "
-        f"pairs in R^{cfg.dim}, c = {cfg.c}, η = {cfg.step_factor}/L_w"
-    )
-    fig.tight_layout()
+    plotting.figure_legend(fig, axes[:2], ncols=3)
     return Result(figure=fig, table=rows, summary=summary)
 
 
@@ -314,6 +309,18 @@ EXPERIMENT = Experiment(
     "RACO (Chen et al. 2026): Pareto fronts under user weights, clipping vs none, speed",
     Config,
     run,
+    headline=tuple(
+        f"kappa{k}_{stat}"
+        for k in ("1", "30")
+        for stat in (
+            "speedup_median",
+            "speedup_min",
+            "speedup_max",
+            "fraction_clipping_faster",
+            "fraction_clipping_slower",
+            "gamma_gain_min",
+        )
+    ),
 )
 
 

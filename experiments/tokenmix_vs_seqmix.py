@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.kl import kl_divergence
 from jaxalign.losses.pairwise import sequence_level_mixture, token_level_mixture
@@ -67,8 +68,6 @@ def _mixtures(policy, ref, testbed: Testbed, mixes):
 
 
 def run(config: Config, track) -> Result:
-    import matplotlib.pyplot as plt
-
     rows = []
     tv = np.zeros((len(config.lengths), config.num_pairs, len(config.mixes)))
     scatter = None
@@ -110,28 +109,32 @@ def run(config: Config, track) -> Result:
                     config.mixes[mid],
                 )
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, axes = plotting.figure(
+        1,
+        2,
+        panel_size=(5.6, 4.2),
+        suptitle="Nash-MD: token-level vs sequence-level geometric mixture (exact, enumerated)",
+    )
     ax = axes[0]
     for li, length in enumerate(config.lengths):
         mean, lo, hi = tv[li].mean(0), tv[li].min(0), tv[li].max(0)
-        ax.plot(config.mixes, mean, "o-", label=f"L = {length}")
-        ax.fill_between(config.mixes, lo, hi, alpha=0.15)
-    ax.set_xlabel("mixture weight α on π_ref")
-    ax.set_ylabel("total variation distance")
+        (line,) = ax.plot(config.mixes, mean, "o-", label=f"$L = {length}$")
+        plotting.band(ax, config.mixes, lo, hi, color=line.get_color())
+    plotting.band_key(ax, f"min–max over {config.num_pairs} model pairs")
+    ax.set_xlabel(r"mixture weight $\alpha$ on $\pi_{\mathrm{ref}}$")
+    ax.set_ylabel("total variation distance (mean over model pairs)")
     ax.set_title("(a) TV(sequence-level, token-level mixture)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    plotting.legend(ax)
     ax = axes[1]
     seq_p, tok_p, alpha = scatter
-    ax.loglog(seq_p, tok_p, ".", ms=4)
+    ax.loglog(seq_p, tok_p, ".", ms=4, label="one response $y$")
     lim = [min(seq_p.min(), tok_p.min()), max(seq_p.max(), tok_p.max())]
-    ax.loglog(lim, lim, "k--", lw=1)
-    ax.set_xlabel("sequence-level mixture π^μ(y)")
+    plotting.reference_line(ax, lim, lim, label="equal probabilities")
+    ax.set_xlabel(r"sequence-level mixture $\pi^\mu(y)$")
     ax.set_ylabel("token-level mixture (Nash-MD-PG)")
-    ax.set_title(f"(b) per-response probabilities, L = {config.lengths[-1]}, α = {alpha}")
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Nash-MD: token-level vs sequence-level geometric mixture (exact, enumerated)")
-    fig.tight_layout()
+    ax.set_title(rf"(b) per-response probabilities, $L = {config.lengths[-1]}$, $\alpha$ = {alpha}")
+    ax.grid(True, which="both")
+    plotting.legend(ax, loc="upper left")
 
     mean_tv = tv.mean(1)
     summary = {

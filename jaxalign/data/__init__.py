@@ -12,6 +12,12 @@
   training): rendered like preference prompts, left-truncated, left-padded to
   one static width, drawn uniformly with a PRNG key.
 * :func:`make_tiny_preference_dataset` — a learnable synthetic dataset.
+* :func:`read_unpaired_rows` / :class:`UnpairedLoader` — unpaired (KTO) rows ``prompt``,
+  ``completion``, ``label`` → :class:`UnpairedBatch` es with mismatched KL sequences;
+  :func:`make_tiny_unpaired_dataset` its synthetic dataset.
+* :func:`read_sft_rows` / :class:`SFTLoader` — SFT rows (prompt/completion or chat
+  ``messages``) → :class:`SFTBatch` / :class:`PackedSFTBatch` es with the loss on completion
+  tokens only; :func:`make_tiny_sft_dataset` its synthetic dataset.
 """
 
 from jaxalign.data.config import DataConfig
@@ -50,6 +56,24 @@ from jaxalign.data.prompts import (
     parse_prompt_row,
     read_prompts,
 )
+from jaxalign.data.sft import (
+    PackedSFTBatch,
+    SFTBatch,
+    SFTDataset,
+    SFTLoader,
+    SFTRow,
+    TokenizedSFTExample,
+    build_sft_loader,
+    collate_sft_batch,
+    format_sft_stats,
+    load_sft_dataset,
+    make_tiny_sft_dataset,
+    pack_sft_examples,
+    packed_sft_rows_needed,
+    parse_sft_row,
+    read_sft_rows,
+    tokenize_sft_row,
+)
 from jaxalign.data.synthetic import (
     TINY_RULES,
     TINY_WORDS,
@@ -62,6 +86,20 @@ from jaxalign.data.tokenize import (
     tokenize_preference_row,
     tokenize_prompt,
 )
+from jaxalign.data.unpaired import (
+    TokenizedExample,
+    UnpairedBatch,
+    UnpairedDataset,
+    UnpairedLoader,
+    UnpairedRow,
+    build_unpaired_loader,
+    collate_unpaired_batch,
+    format_unpaired_stats,
+    load_unpaired_dataset,
+    make_tiny_unpaired_dataset,
+    parse_unpaired_row,
+    read_unpaired_rows,
+)
 
 __all__ = [
     "TINY_RULES",
@@ -70,34 +108,62 @@ __all__ = [
     "LoaderState",
     "MalformedRowError",
     "PackedPreferenceBatch",
+    "PackedSFTBatch",
     "PreferenceBatch",
     "PreferenceDataset",
     "PreferenceLoader",
     "PreferenceRow",
     "PromptBatch",
     "PromptDataset",
+    "SFTBatch",
+    "SFTDataset",
+    "SFTLoader",
+    "SFTRow",
+    "TokenizedExample",
     "TokenizedPair",
+    "TokenizedSFTExample",
+    "UnpairedBatch",
+    "UnpairedDataset",
+    "UnpairedLoader",
+    "UnpairedRow",
     "bucket_length",
     "build_preference_loader",
+    "build_sft_loader",
+    "build_unpaired_loader",
     "collate_preference_batch",
+    "collate_sft_batch",
+    "collate_unpaired_batch",
     "dataset_files",
     "epoch_permutation",
     "format_data_stats",
+    "format_sft_stats",
+    "format_unpaired_stats",
     "iter_prompt_rows",
     "load_preference_dataset",
     "load_prompt_dataset",
+    "load_sft_dataset",
+    "load_unpaired_dataset",
     "local_prompt_batch",
     "make_tiny_preference_dataset",
+    "make_tiny_sft_dataset",
+    "make_tiny_unpaired_dataset",
     "pack_preference_pairs",
+    "pack_sft_examples",
     "packed_rows_needed",
+    "packed_sft_rows_needed",
     "pad_token_id",
     "parse_preference_row",
     "parse_prompt_row",
+    "parse_sft_row",
+    "parse_unpaired_row",
     "process_slice",
     "read_preference_rows",
     "read_prompts",
+    "read_sft_rows",
+    "read_unpaired_rows",
     "render_text",
     "tiny_preference_score",
     "tokenize_preference_row",
     "tokenize_prompt",
+    "tokenize_sft_row",
 ]

@@ -28,7 +28,7 @@ from jaxalign.data.packing import PackedPreferenceBatch, pack_preference_pairs, 
 from jaxalign.data.preference import MalformedRowError, read_preference_rows
 from jaxalign.data.tokenize import TokenizedPair, tokenize_preference_row
 
-_MAX_REPORTED_SKIPS = 20
+MAX_REPORTED_SKIPS = 20
 
 
 class PreferenceBatch(NamedTuple):
@@ -109,7 +109,7 @@ class PreferenceDataset:
         self.num_prompt_truncated = sum(e.prompt_truncated for e in self.examples)
         self.num_response_truncated = sum(e.response_truncated for e in self.examples)
         self.num_identical = sum(np.array_equal(e.chosen, e.rejected) for e in self.examples)
-        self.identical = tuple(identical[:_MAX_REPORTED_SKIPS])
+        self.identical = tuple(identical[:MAX_REPORTED_SKIPS])
         if self.num_identical == len(self.examples):
             after = "" if max_length is None else f" after truncation to max_length={max_length}"
             where = f" (e.g. {self.identical[0]})" if self.identical else ""
@@ -196,7 +196,7 @@ def load_preference_dataset(config: DataConfig, tokenizer: Any) -> PreferenceDat
             if not config.skip_malformed:
                 raise row
             num_skipped += 1
-            if len(skipped) < _MAX_REPORTED_SKIPS:
+            if len(skipped) < MAX_REPORTED_SKIPS:
                 skipped.append(str(row))
             continue
         try:
@@ -213,10 +213,10 @@ def load_preference_dataset(config: DataConfig, tokenizer: Any) -> PreferenceDat
             if not config.skip_malformed:
                 raise error from e
             num_skipped += 1
-            if len(skipped) < _MAX_REPORTED_SKIPS:
+            if len(skipped) < MAX_REPORTED_SKIPS:
                 skipped.append(str(error))
             continue
-        if len(identical) < _MAX_REPORTED_SKIPS and np.array_equal(pair.chosen, pair.rejected):
+        if len(identical) < MAX_REPORTED_SKIPS and np.array_equal(pair.chosen, pair.rejected):
             identical.append(where)
         examples.append(pair)
     return PreferenceDataset(

@@ -54,7 +54,7 @@ class PackedPreferenceBatch(NamedTuple):
     reference_rejected_logp: np.ndarray | None = None  # (B,) float32
 
 
-def _first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
+def first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
     """Bins (lists of item indices) of total length ≤ ``width``; longest items first."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
@@ -83,8 +83,8 @@ def packed_rows_needed(
     share_prompt: bool = False,
 ) -> int:
     """Rows per micro-batch that :func:`pack_preference_pairs` needs for ``pairs``."""
-    groups = _micro_batch_groups(len(pairs), micro_batches, pair_offset)
-    return max(len(_first_fit_decreasing(_items(pairs, g, share_prompt)[1], width)) for g in groups)
+    groups = micro_batch_groups(len(pairs), micro_batches, pair_offset)
+    return max(len(first_fit_decreasing(_items(pairs, g, share_prompt)[1], width)) for g in groups)
 
 
 def _pieces(pair: TokenizedPair, side: str | None) -> list[tuple[np.ndarray, int, int, bool]]:
@@ -115,7 +115,7 @@ def _items(pairs, group, share_prompt: bool) -> tuple[list[tuple[int, str | None
     return items, lengths
 
 
-def _micro_batch_groups(num_pairs: int, micro_batches: int, offset: int) -> list[list[int]]:
+def micro_batch_groups(num_pairs: int, micro_batches: int, offset: int) -> list[list[int]]:
     """Local pair indices of each micro-batch (pair with global index g → g mod k)."""
     groups: list[list[int]] = [[] for _ in range(micro_batches)]
     for j in range(num_pairs):
@@ -161,9 +161,9 @@ def pack_preference_pairs(
         raise ValueError(f"{total} pairs do not split into micro_batches={k}")
     per_micro = total // k
     weights = np.ones(b, np.float32) if example_mask is None else np.asarray(example_mask)
-    groups = _micro_batch_groups(b, k, pair_offset)
+    groups = micro_batch_groups(b, k, pair_offset)
     packed = [_items(pairs, g, share_prompt) for g in groups]
-    bins = [_first_fit_decreasing(lengths, width) for _, lengths in packed]
+    bins = [first_fit_decreasing(lengths, width) for _, lengths in packed]
     need = max(len(x) for x in bins)
     rows = need if rows is None else int(rows)
     if rows < need:

@@ -44,7 +44,7 @@ from jaxalign.data.preference import (
 )
 from jaxalign.data.tokenize import tokenize_prompt
 
-_MAX_REPORTED_SKIPS = 20
+MAX_REPORTED_SKIPS = 20
 
 
 def parse_prompt_row(row: Any) -> Text:
@@ -224,7 +224,7 @@ class PromptDataset:
                 if not skip_malformed:
                     raise error from e
                 num_skipped += 1
-                if len(skipped) < _MAX_REPORTED_SKIPS:
+                if len(skipped) < MAX_REPORTED_SKIPS:
                     skipped.append(str(error))
                 continue
             if len(ids) > width:
@@ -340,7 +340,7 @@ def load_prompt_dataset(
             if not skip_malformed:
                 raise prompt
             num_skipped += 1
-            if len(skipped) < _MAX_REPORTED_SKIPS:
+            if len(skipped) < MAX_REPORTED_SKIPS:
                 skipped.append(str(prompt))
             continue
         prompts.append(prompt)

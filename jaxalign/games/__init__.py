@@ -10,6 +10,8 @@
 * Solvers as ``(init, step)`` pairs: :func:`omd`, :func:`inpo`, :func:`sppo`,
   :func:`nash_md`, :func:`onpo`, :func:`egpo`, :func:`mnpo`; :func:`run` scans one and
   records gaps of the last and average iterates.
+* Social choice: :func:`voting_game`, :func:`maximal_lottery`, :func:`three_cycle_lottery`,
+  :func:`bradley_terry_fit`, :func:`condorcet_winner` (Condorcet cycles).
 * Population forms of the pairwise losses: :func:`pairwise_population_loss` and friends.
 
 All functions handle one game; batch with :func:`jax.vmap`. ``step_size`` multiplies
@@ -49,6 +51,17 @@ from jaxalign.games.population import (
     population_minimiser,
     sppo_population_loss,
 )
+from jaxalign.games.social_choice import (
+    borda_scores,
+    bradley_terry_fit,
+    condorcet_winner,
+    majority_margins,
+    maximal_lottery,
+    strongest_challenger,
+    three_cycle_lottery,
+    vote_margins,
+    voting_game,
+)
 from jaxalign.games.solvers import (
     MNPOState,
     Solver,
@@ -78,8 +91,11 @@ __all__ = [
     "Trajectory",
     "annotator_mixture_game",
     "best_response",
+    "borda_scores",
+    "bradley_terry_fit",
     "bradley_terry_game",
     "centred_population_loss",
+    "condorcet_winner",
     "cyclic_game",
     "decaying_step_size",
     "duality_gap",
@@ -89,6 +105,8 @@ __all__ = [
     "exploitability",
     "inpo",
     "kl_divergence",
+    "majority_margins",
+    "maximal_lottery",
     "mnpo",
     "multiplayer_duality_gap",
     "multiplayer_game",
@@ -108,5 +126,9 @@ __all__ = [
     "run",
     "sppo",
     "sppo_population_loss",
+    "strongest_challenger",
+    "three_cycle_lottery",
+    "vote_margins",
+    "voting_game",
     "win_rates",
 ]

@@ -25,6 +25,7 @@ from jaxalign.games.game import (
     check_game,
     check_multiplayer_game,
 )
+from jaxalign.kl import kl_divergence  # the one KL; re-exported by jaxalign.games
 
 Vec = Float[Array, "K"]
 
@@ -65,19 +66,6 @@ def is_zero(tau) -> bool:
 
 def check_tau(tau) -> None:
     _checks.check_nonnegative("tau", tau)
-
-
-def kl_divergence(log_p: Float[ArrayLike, "K"], log_q: Float[ArrayLike, "K"]) -> Float[Array, ""]:
-    r""":math:`\mathrm{KL}(p\|q) = \sum_{p>0} p \log(p/q)` from log-probabilities.
-
-    Responses with :math:`p = 0` (``-inf``) contribute 0; :math:`q = 0 < p` gives ``inf``.
-    """
-    log_p = jnp.asarray(log_p)
-    log_q = jnp.asarray(log_q)
-    support = log_p > -jnp.inf
-    safe_p = jnp.where(support, log_p, 0)
-    diff = jnp.where(support, safe_p - log_q, 0)
-    return jnp.sum(jnp.where(support, jnp.exp(safe_p) * diff, 0))
 
 
 def _probs(log_p: jax.Array) -> jax.Array:
@@ -223,7 +211,7 @@ def multiplayer_payoff(
             f"responses, got {opp.shape}"
         )
     probs = jax.vmap(lambda o: _probs(as_log_policy("opponents", o, k, t.dtype)))(opp)
-    return _contract(t, probs)
+    return contract_opponents(t, probs)
 
 
 def _payoff_tensor(game) -> jax.Array:
@@ -232,7 +220,7 @@ def _payoff_tensor(game) -> jax.Array:
     return check_multiplayer_game(game)
 
 
-def _contract(t: jax.Array, probs: jax.Array) -> jax.Array:
+def contract_opponents(t: jax.Array, probs: jax.Array) -> jax.Array:
     """Contracts axes 1..n-1 of ``t`` with the rows of ``probs`` (last axis first)."""
     x = t
     for j in range(probs.shape[0] - 1, -1, -1):
@@ -319,7 +307,7 @@ def exploitability(
     total = jnp.zeros([], t.dtype)
     for i in range(n):
         others = jnp.concatenate([probs[:i], probs[i + 1 :]], axis=0)
-        total = total + _one_sided_gap(log_pis[i], _contract(t, others), tau_arr, log_ref)
+        total = total + _one_sided_gap(log_pis[i], contract_opponents(t, others), tau_arr, log_ref)
     return total
 
 

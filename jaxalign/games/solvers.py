@@ -44,9 +44,9 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from jaxalign import _checks
 from jaxalign.games.game import MultiplayerGame, PreferenceGame, check_game, check_multiplayer_game
 from jaxalign.games.gaps import (
-    _contract,
     as_log_policy,
     check_tau,
+    contract_opponents,
     duality_gap,
     kl_divergence,
     multiplayer_duality_gap,
@@ -510,7 +510,7 @@ def mnpo(
         opp = _opponents(state)
         anchor = lam @ opp
         probs = jnp.exp(opp)
-        u = lam @ (probs @ t.T) if t.ndim == 2 else _contract(t, probs)
+        u = lam @ (probs @ t.T) if t.ndim == 2 else contract_opponents(t, probs)
         s = _step_at(step_size, state.count, dtype)
         log_ref = _log_ref(ref, k, dtype)
         st = s * jnp.asarray(tau, dtype)

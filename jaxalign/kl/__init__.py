@@ -1,8 +1,10 @@
-r"""KL-constrained RL, exactly: the tilt optimum, its budget solver, best-of-N, asymptotics.
+r"""KL-constrained RL, exactly: the tilt optimum, its budget solver, best-of-N, asymptotics,
+and InfAlign (calibrated rewards, inference-time win rates and their optimum).
 
 All functions take one instance (``[K]`` log-probabilities and rewards) and are
 jittable and vmappable; sequence-level functions (``sequence_reward_law``,
 ``best_of_n_sequence``) run a jitted core after a host-side lattice check.
+The LSC reward transform and its AND-combination: :mod:`jaxalign.kl.reward_transforms`.
 """
 
 from jaxalign.kl.asymptotics import (
@@ -23,6 +25,31 @@ from jaxalign.kl.best_of_n import (
     best_of_n_win_rate,
     reward_cdf,
 )
+from jaxalign.kl.infalign import (
+    CalibratedSpacePoint,
+    InferenceOptimum,
+    TunedTransform,
+    calibrate_and_transform_policy,
+    calibrated_reward,
+    calibrated_space_win_rate,
+    inference_optimal_policy,
+    inference_time_policy,
+    inference_win_rate,
+    inference_win_rate_gradient,
+    reward_transform,
+    tune_transform,
+    worst_of_n_policy,
+)
+from jaxalign.kl.reward_transforms import (
+    and_combination,
+    empirical_reference_reward,
+    gaussian_reference_reward,
+    good_posterior,
+    lsc_policy,
+    lsc_reward,
+    lsc_transform,
+    reference_reward,
+)
 from jaxalign.kl.tilt import (
     RewardKL,
     expected_reward,
@@ -37,7 +64,11 @@ from jaxalign.kl.tilt import (
 )
 
 __all__ = [
+    "CalibratedSpacePoint",
+    "InferenceOptimum",
     "RewardKL",
+    "TunedTransform",
+    "and_combination",
     "best_of_n_kl",
     "best_of_n_kl_bound",
     "best_of_n_limit_per_token",
@@ -45,20 +76,37 @@ __all__ = [
     "best_of_n_sequence",
     "best_of_n_win_rate",
     "bon_vs_kl_rl_per_token",
+    "calibrate_and_transform_policy",
+    "calibrated_reward",
+    "calibrated_space_win_rate",
+    "empirical_reference_reward",
     "expected_reward",
+    "gaussian_reference_reward",
+    "good_posterior",
+    "inference_optimal_policy",
+    "inference_time_policy",
+    "inference_win_rate",
+    "inference_win_rate_gradient",
     "kl_constrained_policy",
     "kl_divergence",
     "kl_rl_reward_per_token",
     "legendre_transform",
     "log_mgf",
+    "lsc_policy",
+    "lsc_reward",
+    "lsc_transform",
     "max_kl",
     "rate_function",
+    "reference_reward",
     "reward_and_kl",
     "reward_cdf",
     "reward_kl_frontier",
+    "reward_transform",
     "scaled_cumulant",
     "sequence_reward_law",
     "tilted_mean",
     "tilted_policy",
+    "tune_transform",
     "win_rate",
+    "worst_of_n_policy",
 ]

@@ -33,32 +33,32 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxalign import _checks
-from jaxalign.kl.best_of_n import _best_of_n, _segment_logsumexp
+from jaxalign.kl.best_of_n import best_of_n_unchecked, segment_logsumexp
 from jaxalign.kl.tilt import (
-    _kl,
-    _max_kl,
-    _normalised_reward,
-    _num_bisection_steps,
-    _prepare,
-    _support,
-    _tilt,
+    check_log_base_and_reward,
     kl_constrained_policy,
+    kl_unchecked,
+    max_kl_unchecked,
+    normalised_reward,
+    num_bisection_steps,
+    on_support,
+    tilt_unchecked,
 )
 
 
 def tilted_mean(log_base: ArrayLike, reward: ArrayLike, lam: ArrayLike) -> Float[Array, ""]:
     r""":math:`\Lambda'(\lambda) = \mathbb{E}_{\phi_\lambda} r` (λ of any sign)."""
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     return _tilted_mean(log_base, reward, jnp.asarray(lam, log_base.dtype))
 
 
 def _tilted_mean(log_base, reward, lam):
-    log_phi = _tilt(log_base, reward, lam)
-    return jnp.sum(jnp.where(_support(log_phi), jnp.exp(log_phi) * reward, 0))
+    log_phi = tilt_unchecked(log_base, reward, lam)
+    return jnp.sum(jnp.where(on_support(log_phi), jnp.exp(log_phi) * reward, 0))
 
 
 def _log_mgf(log_base, reward, lam):
-    return jax.nn.logsumexp(jnp.where(_support(log_base), log_base + lam * reward, -jnp.inf))
+    return jax.nn.logsumexp(jnp.where(on_support(log_base), log_base + lam * reward, -jnp.inf))
 
 
 def legendre_transform(log_base: ArrayLike, reward: ArrayLike, x: ArrayLike) -> Float[Array, ""]:
@@ -70,14 +70,14 @@ def legendre_transform(log_base: ArrayLike, reward: ArrayLike, x: ArrayLike) -> 
     compactified λ (monotone, hence safe). Equivalently :math:`\Lambda^*(x) =
     \mathrm{KL}(\phi_\lambda\|p)` for that λ.
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     x = jnp.asarray(x, log_base.dtype)
     return _legendre(log_base, reward, x)
 
 
 def _solve_tilt_for_mean(log_base, reward, x):
     r"""The normalised λ̃ with Λ'(λ̃) = x̃ in normalised reward units (x strictly inside)."""
-    r_norm, spread, r_max = _normalised_reward(log_base, reward)
+    r_norm, spread, r_max = normalised_reward(log_base, reward)
     safe = jnp.where(spread > 0, spread, 1)
     x_norm = (x - r_max) / safe
 
@@ -91,20 +91,20 @@ def _solve_tilt_for_mean(log_base, reward, x):
         return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
 
     one = jnp.ones((), log_base.dtype)
-    lo, hi = jax.lax.fori_loop(0, _num_bisection_steps(log_base.dtype), body, (-one, one))
+    lo, hi = jax.lax.fori_loop(0, num_bisection_steps(log_base.dtype), body, (-one, one))
     u = 0.5 * (lo + hi)
     return u / (1 - jnp.abs(u)), r_norm, spread
 
 
 @jax.jit  # a whole solver with a static iteration count
 def _legendre(log_base, reward, x):
-    on = _support(log_base)
+    on = on_support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
     r_min = jnp.min(jnp.where(on, reward, jnp.inf))
     lam_norm, r_norm, _ = _solve_tilt_for_mean(log_base, reward, x)
-    interior = _kl(_tilt(log_base, r_norm, lam_norm), log_base)
-    at_max = _max_kl(log_base, reward)
-    at_min = _max_kl(log_base, -reward)
+    interior = kl_unchecked(tilt_unchecked(log_base, r_norm, lam_norm), log_base)
+    at_max = max_kl_unchecked(log_base, reward)
+    at_min = max_kl_unchecked(log_base, -reward)
     inf = jnp.asarray(jnp.inf, log_base.dtype)
     out = jnp.where((x > r_min) & (x < r_max), interior, inf)
     out = jnp.where(x == r_max, at_max, out)
@@ -119,7 +119,7 @@ def rate_function(
     :math:`I(x) = \Lambda^*(x) - \lambda x + \Lambda(\lambda)`, zero at the tilted mean
     :math:`x = \Lambda'(\lambda)`.
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     lam = jnp.asarray(lam, log_base.dtype)
     x = jnp.asarray(x, log_base.dtype)
     return _legendre(log_base, reward, x) - lam * x + _log_mgf(log_base, reward, lam)
@@ -133,7 +133,7 @@ def scaled_cumulant(
     :math:`\frac1m \log\mathbb{E}_{\phi_\lambda^{\otimes m}} e^{tR} = \Lambda(\lambda+t) -
     \Lambda(\lambda)`, exact for every m in the memoryless model (hence also the limit).
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     lam = jnp.asarray(lam, log_base.dtype)
     t = jnp.asarray(t, log_base.dtype)
     return _log_mgf(log_base, reward, lam + t) - _log_mgf(log_base, reward, lam)
@@ -143,9 +143,9 @@ def kl_rl_reward_per_token(
     log_base: ArrayLike, reward: ArrayLike, kl_per_token: ArrayLike
 ) -> Float[Array, ""]:
     r"""Per-token reward of the KL-RL optimum with budget :math:`m\delta` (independent of m)."""
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     log_phi, _ = kl_constrained_policy(log_base, reward, kl_per_token)
-    return jnp.sum(jnp.where(_support(log_phi), jnp.exp(log_phi) * reward, 0))
+    return jnp.sum(jnp.where(on_support(log_phi), jnp.exp(log_phi) * reward, 0))
 
 
 def best_of_n_limit_per_token(
@@ -154,14 +154,14 @@ def best_of_n_limit_per_token(
     r"""The limit :math:`x^*` of :math:`\frac1m\mathbb{E}_{BoN}R` for :math:`N = e^{m\delta}`:
     the root of :math:`\Lambda^*(x^*) = \delta` above the mean (equal to
     :func:`kl_rl_reward_per_token`, computed here through Λ* independently)."""
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_nonnegative("kl_per_token", kl_per_token)
     return _bon_limit(log_base, reward, jnp.asarray(kl_per_token, log_base.dtype))
 
 
 @jax.jit
 def _bon_limit(log_base, reward, delta):
-    on = _support(log_base)
+    on = on_support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
     mean = jnp.sum(jnp.where(on, jnp.exp(log_base) * reward, 0))
 
@@ -171,8 +171,8 @@ def _bon_limit(log_base, reward, delta):
         over = _legendre(log_base, reward, mid) > delta
         return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
 
-    lo, hi = jax.lax.fori_loop(0, _num_bisection_steps(log_base.dtype), body, (mean, r_max))
-    return jnp.where(delta >= _max_kl(log_base, reward), r_max, 0.5 * (lo + hi))
+    lo, hi = jax.lax.fori_loop(0, num_bisection_steps(log_base.dtype), body, (mean, r_max))
+    return jnp.where(delta >= max_kl_unchecked(log_base, reward), r_max, 0.5 * (lo + hi))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def sequence_reward_law(
     Returns:
       ``(values [m(L-1)+1], log_probs [m(L-1)+1])``; unreachable values have log-prob -inf.
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     if not isinstance(m, int | np.integer) or m < 1:
         raise ValueError(f"m must be an integer >= 1, got {m!r}")
     lp, r = np.asarray(log_base), np.asarray(reward)
@@ -254,7 +254,7 @@ def sequence_reward_law(
     r_min, h = _lattice(r, support, lattice_step)
     idx = np.where(support, np.round((r - r_min) / h), 0).astype(np.int32)
     width = int(idx[support].max()) + 1
-    token_law = _segment_logsumexp(
+    token_law = segment_logsumexp(
         jnp.where(jnp.asarray(support), log_base, -jnp.inf), jnp.asarray(idx), width
     )
     law = _convolve_power(token_law, int(m))
@@ -287,9 +287,9 @@ def best_of_n_sequence(
 
 @jax.jit
 def _bon_on_law(law, values, n):
-    log_bon = _best_of_n(law, values, n)
-    on = _support(log_bon)
-    return jnp.sum(jnp.where(on, jnp.exp(log_bon) * values, 0)), _kl(log_bon, law)
+    log_bon = best_of_n_unchecked(law, values, n)
+    on = on_support(log_bon)
+    return jnp.sum(jnp.where(on, jnp.exp(log_bon) * values, 0)), kl_unchecked(log_bon, law)
 
 
 def bon_vs_kl_rl_per_token(

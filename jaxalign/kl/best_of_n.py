@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxalign import _checks
-from jaxalign.kl.tilt import _kl, _prepare, _support
+from jaxalign.kl.tilt import check_log_base_and_reward, kl_unchecked, on_support
 
 Vec = Float[Array, "responses"]
 
@@ -36,7 +36,7 @@ def _log1mexp(x: jax.Array) -> jax.Array:
     return jnp.where(x > -0.6931471805599453, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-def _segment_logsumexp(values: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+def segment_logsumexp(values: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
     m = jax.ops.segment_max(values, segment_ids, num_segments=num_segments)
     m_safe = jnp.where(jnp.isfinite(m), m, 0)
     s = jax.ops.segment_sum(jnp.exp(values - m_safe[segment_ids]), segment_ids, num_segments)
@@ -59,7 +59,7 @@ def reward_cdf(log_base: jax.Array, reward: jax.Array) -> RewardCDF:
     # Tie groups in sorted order.
     new_group = jnp.concatenate([jnp.ones((1,), bool), r_s[1:] != r_s[:-1]])
     group_s = jnp.cumsum(new_group.astype(jnp.int32)) - 1
-    log_atom_g = _segment_logsumexp(lp_s, group_s, k)  # [K groups], -inf for unused ids
+    log_atom_g = segment_logsumexp(lp_s, group_s, k)  # [K groups], -inf for unused ids
     # Lower and upper cumulative masses per group; the upper tail keeps precision near G = 1.
     log_le = jax.lax.cumlogsumexp(log_atom_g)  # P(r <= v_g)
     log_gt = jnp.concatenate(
@@ -95,19 +95,19 @@ def best_of_n_policy(log_base: ArrayLike, reward: ArrayLike, n: ArrayLike) -> Ve
       >>> import jax.numpy as jnp
       >>> logp = best_of_n_policy(jnp.log(jnp.ones(4) / 4), jnp.arange(4.0), 2)
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_at_least("n", n, 1)
     n = jnp.asarray(n, log_base.dtype)
-    return _best_of_n(log_base, reward, n)
+    return best_of_n_unchecked(log_base, reward, n)
 
 
 @jax.jit  # compiled core (one sort + scans) so eager calls don't dispatch op by op
-def _best_of_n(log_base: jax.Array, reward: jax.Array, n: jax.Array) -> jax.Array:
+def best_of_n_unchecked(log_base: jax.Array, reward: jax.Array, n: jax.Array) -> jax.Array:
     log_cdf, _, log_atom = reward_cdf(log_base, reward)
     # G^N - G⁻^N = G^N (1 - (1 - q/G)^N); log(1 - q/G) via log1mexp keeps ties and N huge exact.
     log_ratio = _log1mexp(jnp.minimum(log_atom - log_cdf, 0))  # log(G⁻/G) = log(1 - q/G)
     log_max_law = n * log_cdf + _log1mexp(jnp.minimum(n * log_ratio, 0))
-    on = _support(log_base)
+    on = on_support(log_base)
     out = jnp.where(on, log_base - jnp.where(on, log_atom, 0) + log_max_law, -jnp.inf)
     return out
 
@@ -125,10 +125,10 @@ def best_of_n_kl_bound(n: ArrayLike) -> Float[Array, ""]:
 
 def best_of_n_kl(log_base: ArrayLike, reward: ArrayLike, n: ArrayLike) -> Float[Array, ""]:
     r"""Exact :math:`\mathrm{KL}(\pi_N\|p)` (≤ :func:`best_of_n_kl_bound`)."""
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_at_least("n", n, 1)
-    log_bon = _best_of_n(log_base, reward, jnp.asarray(n, log_base.dtype))
-    return _kl(log_bon, log_base)
+    log_bon = best_of_n_unchecked(log_base, reward, jnp.asarray(n, log_base.dtype))
+    return kl_unchecked(log_bon, log_base)
 
 
 def best_of_n_win_rate(log_base: ArrayLike, reward: ArrayLike, n: ArrayLike) -> Float[Array, ""]:
@@ -138,14 +138,14 @@ def best_of_n_win_rate(log_base: ArrayLike, reward: ArrayLike, n: ArrayLike) -> 
 
     Equality with N/(N+1) holds when ``p`` has no reward atoms.
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_at_least("n", n, 1)
     return _bon_win_rate(log_base, reward, jnp.asarray(n, log_base.dtype))
 
 
 @jax.jit
 def _bon_win_rate(log_base: jax.Array, reward: jax.Array, n: jax.Array) -> jax.Array:
-    log_bon = _best_of_n(log_base, reward, n)
+    log_bon = best_of_n_unchecked(log_base, reward, n)
     _, log_lt, log_atom = reward_cdf(log_base, reward)
     beats = jnp.exp(log_lt) + 0.5 * jnp.exp(log_atom)
-    return jnp.sum(jnp.where(_support(log_bon), jnp.exp(log_bon) * beats, 0))
+    return jnp.sum(jnp.where(on_support(log_bon), jnp.exp(log_bon) * beats, 0))

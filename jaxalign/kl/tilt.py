@@ -29,7 +29,16 @@ from jaxalign import _checks
 Vec = Float[Array, "responses"]
 
 
-def _prepare(log_base: ArrayLike, reward: ArrayLike) -> tuple[jax.Array, jax.Array]:
+def check_log_base_and_reward(
+    log_base: ArrayLike, reward: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
+    """Validated ``[K]`` log-probabilities and rewards in one float dtype.
+
+    The functions of this module without a leading underscore but outside
+    ``jaxalign.kl.__all__`` (``on_support``, ``kl_unchecked``, ``tilt_unchecked``, …) are
+    the package's unchecked kernels: the sibling modules call them on inputs this
+    function has validated.
+    """
     log_base = _checks.as_float_array("log_base", log_base, ndim=1)
     reward = _checks.as_float_array("reward", reward, ndim=1)
     _checks.check_nonempty("log_base", log_base)
@@ -40,13 +49,13 @@ def _prepare(log_base: ArrayLike, reward: ArrayLike) -> tuple[jax.Array, jax.Arr
     return log_base.astype(dtype), reward.astype(dtype)
 
 
-def _support(log_p: jax.Array) -> jax.Array:
+def on_support(log_p: jax.Array) -> jax.Array:
     return log_p > -jnp.inf
 
 
 def _xlogy_terms(log_p: jax.Array, values: jax.Array) -> jax.Array:
     r"""p * values with the convention 0 * anything = 0 (no NaN from -inf * 0)."""
-    return jnp.where(_support(log_p), jnp.exp(log_p) * jnp.where(_support(log_p), values, 0), 0)
+    return jnp.where(on_support(log_p), jnp.exp(log_p) * jnp.where(on_support(log_p), values, 0), 0)
 
 
 def log_mgf(log_base: ArrayLike, reward: ArrayLike, lam: ArrayLike) -> Float[Array, ""]:
@@ -62,9 +71,9 @@ def log_mgf(log_base: ArrayLike, reward: ArrayLike, lam: ArrayLike) -> Float[Arr
     Returns:
       Scalar :math:`\Lambda(\lambda)`.
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     lam = jnp.asarray(lam, log_base.dtype)
-    return jax.nn.logsumexp(jnp.where(_support(log_base), log_base + lam * reward, -jnp.inf))
+    return jax.nn.logsumexp(jnp.where(on_support(log_base), log_base + lam * reward, -jnp.inf))
 
 
 def tilted_policy(log_base: ArrayLike, reward: ArrayLike, beta: ArrayLike) -> Vec:
@@ -85,14 +94,14 @@ def tilted_policy(log_base: ArrayLike, reward: ArrayLike, beta: ArrayLike) -> Ve
       >>> import jax.numpy as jnp
       >>> logp = tilted_policy(jnp.log(jnp.array([0.5, 0.5])), jnp.array([0.0, 1.0]), 1.0)
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_positive("beta", beta)
     beta = jnp.asarray(beta, log_base.dtype)
-    return _tilt(log_base, reward, 1.0 / beta)
+    return tilt_unchecked(log_base, reward, 1.0 / beta)
 
 
-def _tilt(log_base: jax.Array, reward: jax.Array, lam: jax.Array) -> jax.Array:
-    logits = jnp.where(_support(log_base), log_base + lam * reward, -jnp.inf)
+def tilt_unchecked(log_base: jax.Array, reward: jax.Array, lam: jax.Array) -> jax.Array:
+    logits = jnp.where(on_support(log_base), log_base + lam * reward, -jnp.inf)
     return logits - jax.nn.logsumexp(logits)
 
 
@@ -112,19 +121,19 @@ def kl_divergence(log_p: ArrayLike, log_q: ArrayLike) -> Float[Array, ""]:
     _checks.check_log_probs("log_q", log_q)
     dtype = jnp.result_type(log_p.dtype, log_q.dtype)
     log_p, log_q = log_p.astype(dtype), log_q.astype(dtype)
-    return _kl(log_p, log_q)
+    return kl_unchecked(log_p, log_q)
 
 
 @jax.jit
-def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
-    on = _support(log_p)
+def kl_unchecked(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    on = on_support(log_p)
     diff = jnp.where(on, log_p - jnp.where(on, log_q, 0), 0)
     return jnp.sum(jnp.where(on, jnp.exp(log_p) * diff, 0))
 
 
 def expected_reward(log_policy: ArrayLike, reward: ArrayLike) -> Float[Array, ""]:
     r""":math:`\mathbb{E}_\pi r` for ``[K]`` log-probabilities and ``[K]`` rewards."""
-    log_policy, reward = _prepare(log_policy, reward)
+    log_policy, reward = check_log_base_and_reward(log_policy, reward)
     return jnp.sum(_xlogy_terms(log_policy, reward))
 
 
@@ -133,8 +142,8 @@ def win_rate(log_p: ArrayLike, log_q: ArrayLike, reward: ArrayLike) -> Float[Arr
 
     .. math:: \Pr_{y\sim p, y'\sim q}[r(y) > r(y')] + \tfrac12 \Pr[r(y) = r(y')]
     """
-    log_p, reward = _prepare(log_p, reward)
-    log_q, _ = _prepare(log_q, reward)
+    log_p, reward = check_log_base_and_reward(log_p, reward)
+    log_q, _ = check_log_base_and_reward(log_q, reward)
     p, q = jnp.exp(log_p), jnp.exp(log_q)
     gt = (reward[:, None] > reward[None, :]).astype(p.dtype)
     eq = (reward[:, None] == reward[None, :]).astype(p.dtype)
@@ -157,14 +166,14 @@ def reward_and_kl(log_policy: ArrayLike, log_base: ArrayLike, reward: ArrayLike)
 # The budget solver.
 
 
-def _num_bisection_steps(dtype) -> int:
+def num_bisection_steps(dtype) -> int:
     # Enough halvings of the compactified parameter u ∈ [0, 1) to reach the dtype's resolution.
     return 64 if jnp.finfo(dtype).bits <= 32 else 128
 
 
-def _normalised_reward(log_base: jax.Array, reward: jax.Array):
+def normalised_reward(log_base: jax.Array, reward: jax.Array):
     r"""Rewards mapped to [-1, 0] on the support (max ↦ 0), with the scale used."""
-    on = _support(log_base)
+    on = on_support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
     r_min = jnp.min(jnp.where(on, reward, jnp.inf))
     spread = r_max - r_min
@@ -174,26 +183,26 @@ def _normalised_reward(log_base: jax.Array, reward: jax.Array):
 
 def kl_of_tilt(log_base: jax.Array, reward: jax.Array, lam: jax.Array) -> jax.Array:
     r""":math:`\mathrm{KL}(\phi_\lambda\|p)` computed without cancellation at large λ."""
-    log_phi = _tilt(log_base, reward, lam)
-    return _kl(log_phi, log_base)
+    log_phi = tilt_unchecked(log_base, reward, lam)
+    return kl_unchecked(log_phi, log_base)
 
 
 def max_kl(log_base: ArrayLike, reward: ArrayLike) -> Float[Array, ""]:
     r"""The largest useful budget :math:`-\log p(\arg\max_y r)` (KL of the argmax restriction)."""
-    log_base, reward = _prepare(log_base, reward)
-    return _max_kl(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
+    return max_kl_unchecked(log_base, reward)
 
 
 def _argmax_restriction(log_base: jax.Array, reward: jax.Array) -> jax.Array:
-    on = _support(log_base)
+    on = on_support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
     top = on & (reward == r_max)
     masked = jnp.where(top, log_base, -jnp.inf)
     return masked - jax.nn.logsumexp(masked)
 
 
-def _max_kl(log_base: jax.Array, reward: jax.Array) -> jax.Array:
-    on = _support(log_base)
+def max_kl_unchecked(log_base: jax.Array, reward: jax.Array) -> jax.Array:
+    on = on_support(log_base)
     r_max = jnp.max(jnp.where(on, reward, -jnp.inf))
     top = on & (reward == r_max)
     log_top = jax.nn.logsumexp(jnp.where(top, log_base, -jnp.inf))
@@ -234,15 +243,15 @@ def kl_constrained_policy(
     References:
       Yang et al., "Asymptotics of Language Model Alignment", 2024 (the tilt as the optimum).
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     _checks.check_nonnegative("kl_budget", kl_budget)
-    return _kl_constrained(log_base, reward, jnp.asarray(kl_budget, log_base.dtype))
+    return kl_constrained_unchecked(log_base, reward, jnp.asarray(kl_budget, log_base.dtype))
 
 
 @jax.jit  # a whole solver with a static iteration count: compiled once per shape/dtype
-def _kl_constrained(log_base: jax.Array, reward: jax.Array, budget: jax.Array):
-    r_norm, spread, _ = _normalised_reward(log_base, reward)
-    kl_top = _max_kl(log_base, reward)
+def kl_constrained_unchecked(log_base: jax.Array, reward: jax.Array, budget: jax.Array):
+    r_norm, spread, _ = normalised_reward(log_base, reward)
+    kl_top = max_kl_unchecked(log_base, reward)
     binding = budget < kl_top
 
     def kl_at(u):
@@ -256,12 +265,12 @@ def _kl_constrained(log_base: jax.Array, reward: jax.Array, budget: jax.Array):
         return jnp.where(too_far, lo, mid), jnp.where(too_far, mid, hi)
 
     zero, one = jnp.zeros((), log_base.dtype), jnp.ones((), log_base.dtype)
-    lo, hi = jax.lax.fori_loop(0, _num_bisection_steps(log_base.dtype), body, (zero, one))
+    lo, hi = jax.lax.fori_loop(0, num_bisection_steps(log_base.dtype), body, (zero, one))
     # Pick the bracket end whose KL is closest to the budget.
     pick_lo = jnp.abs(kl_at(lo) - budget) <= jnp.abs(kl_at(hi) - budget)
     u = jnp.where(pick_lo, lo, hi)
     lam_norm = u / (1 - u)
-    tilt = _tilt(log_base, r_norm, lam_norm)
+    tilt = tilt_unchecked(log_base, r_norm, lam_norm)
     log_probs = jnp.where(binding, tilt, _argmax_restriction(log_base, reward))
     safe_spread = jnp.where(spread > 0, spread, 1)
     no_budget = budget <= 0
@@ -285,12 +294,12 @@ def reward_kl_frontier(log_base: ArrayLike, reward: ArrayLike, kl_budgets: Array
     Returns:
       ``RewardKL(reward [B], kl [B])`` of the optimal policies (kl = min(Δ, max_kl)).
     """
-    log_base, reward = _prepare(log_base, reward)
+    log_base, reward = check_log_base_and_reward(log_base, reward)
     budgets = _checks.as_float_array("kl_budgets", kl_budgets, ndim=1)
     _checks.check_nonnegative("kl_budgets", budgets)
 
     def one(delta):
         log_phi, _ = kl_constrained_policy(log_base, reward, delta)
-        return RewardKL(jnp.sum(_xlogy_terms(log_phi, reward)), _kl(log_phi, log_base))
+        return RewardKL(jnp.sum(_xlogy_terms(log_phi, reward)), kl_unchecked(log_phi, log_base))
 
     return jax.vmap(one)(budgets.astype(log_base.dtype))

@@ -59,11 +59,19 @@ def dpo_pair_loss(
 
     Returns:
         :class:`DPOOutput` of scalars. The loss is computed with
-        ``log σ(z) = −softplus(−z)``, finite for any finite ``z``.
+        ``log σ(z) = −softplus(−z)``, finite for any finite ``z``. This is the library's
+        one DPO: with ``ε = 0`` it is the unified pairwise loss
+        (:func:`jaxalign.losses.pairwise.pairwise_preference_loss`) with the reference as
+        its anchor, logistic distance and scale β.
     """
     chosen = beta * (policy_chosen - reference_chosen)
     rejected = beta * (policy_rejected - reference_rejected)
-    margin = chosen - rejected
+    # z = β h with h the unified family's anchored log-ratio (jaxalign.losses.pairwise,
+    # one anchor: the reference, held fixed), computed the same way bit for bit.
+    h = (policy_chosen - policy_rejected) - jax.lax.stop_gradient(
+        reference_chosen - reference_rejected
+    )
+    margin = beta * h
     eps = jnp.asarray(label_smoothing, margin.dtype)
     loss = (1 - eps) * jax.nn.softplus(-margin) + eps * jax.nn.softplus(margin)
     return DPOOutput(loss, chosen, rejected, margin)

@@ -38,11 +38,27 @@ Nash-MD           π_t (1 − sτ), π_ref (sτ); pairs ~ π^μ   s/2           
 
 SPPO regresses each response separately (a *pointwise* instance, :func:`sppo_loss`).
 
+Offline instances on length-normalised log-probs :math:`\bar a(y) = \log\pi_\theta(y)/|y|`
+(:func:`length_normalised_logp`; :math:`|y|` the response's token count):
+
+================  ======================================  ========================  ==========
+instance          policy terms (anchors)                  target                    distance
+================  ======================================  ========================  ==========
+SimPO             ā(y_w), ā(y_l) (none)                   γ/β                       logistic β
+ORPO odds term    log odds ā(y_w), ā(y_l) (none)          0                         logistic 1
+RPO               DPO's, plus α·NLL(y_w) = −α ā(y_w)      0                         logistic β
+================  ======================================  ========================  ==========
+
+SimPO and ORPO are reference-free (:mod:`jaxalign.losses.simpo`, :mod:`jaxalign.losses.orpo`);
+ORPO adds the chosen response's NLL :math:`-\bar a(y_w)`. KTO (:mod:`jaxalign.losses.kto`)
+scores unpaired responses against a batch KL reference point, another pointwise instance.
+
 References:
   Rafailov et al. 2023 (DPO); Azar et al. 2023 (IPO); Chowdhury et al. 2024 (robust DPO);
   Zhang et al. 2024 (INPO); "Improving LLM General Preference Alignment via Optimistic
   Online Mirror Descent" (ONPO); Zhou, Fazel, Du 2025 (EGPO); Wu et al. 2024 (SPPO);
-  "Multiplayer Nash Preference Optimization" (MNPO, Table 1 gives the reductions).
+  "Multiplayer Nash Preference Optimization" (MNPO, Table 1 gives the reductions);
+  Meng et al. 2024 (SimPO); Hong et al. 2024 (ORPO); Pang et al. 2024 (RPO: DPO + NLL).
 """
 
 from __future__ import annotations
@@ -55,6 +71,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxalign import _checks
+from jaxalign.losses.dpo import dpo_loss  # the one DPO (its z is β·h of this family)
 from jaxalign.models.sampling import token_level_mixture  # noqa: F401 (re-exported: the sampler's)
 
 Vec = Float[Array, "b"]
@@ -149,10 +166,58 @@ def pairwise_preference_loss(
 # Named instances.
 
 
-def dpo_loss(policy_w, policy_l, ref_w, ref_l, *, beta: float) -> PairwiseOutput:
-    r"""DPO: :math:`-\log\sigma(\beta[(\log\pi_w-\log\pi_{ref,w})-(\log\pi_l-\log\pi_{ref,l})])`."""
-    return pairwise_preference_loss(
-        policy_w, policy_l, [Anchor(ref_w, ref_l)], distance="logistic", scale=beta
+def length_normalised_logp(logp: Float[ArrayLike, "b"], num_tokens: Float[ArrayLike, "b"]) -> Vec:
+    r""":math:`\bar a(y) = \log\pi(y)/|y|`, the mean token log-prob of each response.
+
+    ``num_tokens`` is :math:`|y|`, the response's scored tokens; it is clamped at 1, so a
+    fully masked (filler) response gives 0 instead of NaN.
+    """
+    logp = jnp.asarray(logp)
+    n = jnp.asarray(num_tokens).astype(logp.dtype)
+    _checks.check_same_shape(("logp", "num_tokens"), logp, n)
+    return logp / jnp.maximum(n, jnp.ones((), logp.dtype))
+
+
+class RPOOutput(NamedTuple):
+    """Per-pair RPO results, each ``[b]``."""
+
+    loss: Vec  # DPO loss + α·NLL(y_w)
+    preference_loss: Vec  # the DPO term
+    nll: Vec  # −log π(y_w)/|y_w|, the chosen response's mean token NLL
+    logit: Vec  # DPO's anchored log-ratio h
+
+
+def rpo_loss(
+    policy_w, policy_l, ref_w, ref_l, tokens_w, *, beta: float, nll_weight: float
+) -> RPOOutput:
+    r"""RPO: DPO plus the chosen response's length-normalised negative log-likelihood.
+
+    .. math::
+
+        \ell_{RPO} = -\log\sigma(\beta h)
+            + \alpha\,\Big(-\frac{\log\pi_\theta(y_w|x)}{|y_w|}\Big),
+        \qquad h = \log\frac{\pi_\theta(y_w)}{\pi_{ref}(y_w)}
+            - \log\frac{\pi_\theta(y_l)}{\pi_{ref}(y_l)}.
+
+    DPO alone can lower :math:`\log\pi(y_w)` as long as :math:`\log\pi(y_l)` falls faster;
+    the NLL term (weight :math:`\alpha` = ``nll_weight``) keeps the chosen response likely.
+
+    Args:
+      policy_w, policy_l, ref_w, ref_l: ``[b]`` sequence log-probs (summed over tokens).
+      tokens_w: ``[b]`` :math:`|y_w|`, the chosen response's token count.
+      beta: β > 0 of the DPO term.
+      nll_weight: α ≥ 0 (α = 0 is DPO).
+
+    References:
+      Pang et al., "Iterative Reasoning Preference Optimization", 2024 (DPO + NLL, eq. 1);
+      Liu et al., "Provably Mitigating Overoptimization in RLHF" (RPO), 2024.
+    """
+    _checks.check_nonnegative("nll_weight", nll_weight)
+    dpo = dpo_loss(policy_w, policy_l, ref_w, ref_l, beta=beta)
+    nll = -length_normalised_logp(policy_w, tokens_w)
+    loss = dpo.loss + jnp.asarray(nll_weight, nll.dtype) * nll
+    return RPOOutput(
+        loss, dpo.loss, nll, anchored_log_ratio(policy_w, policy_l, [Anchor(ref_w, ref_l)])
     )
 
 

@@ -101,11 +101,14 @@ def reward_model_from_pretrained(
     mesh: jax.sharding.Mesh | None = None,
     rules: LogicalRules | None = None,
     key: jax.Array | None = None,
+    config_overrides: dict | None = None,
 ) -> RewardModel:
     """Loads an HF ``*ForSequenceClassification`` directory as a :class:`RewardModel`.
 
     With ``key``, a ``*ForCausalLM`` checkpoint is accepted too: the trunk is loaded, the
-    LM head ignored, and a fresh ``score`` head initialised from ``key``.
+    LM head ignored, and a fresh ``score`` head initialised from ``key`` (how a reward model
+    to be trained starts from a policy). ``config_overrides``: the "how to compute" fields
+    of :class:`ModelConfig` a checkpoint does not fix (remat, attention, …).
     """
     config = read_hf_config(path)
     num_labels = int(config.get("num_labels", len(config.get("id2label") or {}) or 1))
@@ -119,6 +122,7 @@ def reward_model_from_pretrained(
         fresh=(lambda name: name.startswith("score.")) if key is not None else None,
         key=key,
         ignore=lambda name: key is not None and name == "lm_head.weight",
+        config_overrides=config_overrides,
         num_labels=num_labels,
     )
 

@@ -52,9 +52,9 @@ from jaxalign.multiobjective._gram import (
 )
 from jaxalign.multiobjective._simplex import (
     SolverMethod,
-    _check_method,
-    _solve,
+    check_method,
     check_simplex,
+    solve_simplex,
 )
 from jaxalign.types import Array, Float, PRNGKey, PyTree
 
@@ -134,7 +134,7 @@ def _weighted_sum_rule(gram, weights):
 @functools.partial(jax.jit, static_argnames=("method", "num_iters"))
 def _mgda_rule(gram, method, num_iters):
     k = gram.shape[0]
-    w = _solve(
+    w = solve_simplex(
         gram,
         jnp.zeros((k,), gram.dtype),
         1.0,
@@ -149,7 +149,7 @@ def _mgda_rule(gram, method, num_iters):
 def _conflict_averse_rule(gram, anchor, c, clip, method, num_iters):
     """Shared by CAGrad (anchor uniform, no clip) and RACO (anchor = user weights)."""
     anchor = anchor.astype(gram.dtype)
-    p = _solve(gram, anchor, c, radius_is_absolute=False, method=method, num_iters=num_iters)
+    p = solve_simplex(gram, anchor, c, radius_is_absolute=False, method=method, num_iters=num_iters)
     if clip:
         p = jnp.minimum(p, anchor)
     radius = jnp.asarray(c, gram.dtype) * jnp.sqrt(_quad(anchor, gram))
@@ -324,7 +324,7 @@ def mgda_direction(
       Désidéri 2012; Sener & Koltun, NeurIPS 2018.
     """
     num_objectives(grads)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _direction(grads, _mgda_rule, method=method, num_iters=int(num_iters))
 
 
@@ -415,7 +415,7 @@ def cagrad_direction(
     num_objectives(grads)
     _check_c(c, below_one=False, name="cagrad")
     _check_rescale(rescale)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _direction(
         grads, _cagrad_rule, c, rescale=rescale, method=method, num_iters=int(num_iters)
     )
@@ -472,7 +472,7 @@ def raco_direction(
     """
     w = _as_weights(weights, num_objectives(grads))
     _check_c(c, below_one=True, name="raco")
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _direction(
         grads,
         _conflict_averse_rule,
@@ -558,7 +558,7 @@ def mgda(
     ``init(params)`` sees only the parameters.
     """
     k = _check_k(num_objectives)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _make_aggregator(k, lambda g, _: mgda_direction(g, method=method, num_iters=num_iters))
 
 
@@ -593,7 +593,7 @@ def cagrad(
     k = _check_k(num_objectives)
     _check_c(c, below_one=False, name="cagrad")
     _check_rescale(rescale)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _make_aggregator(
         k,
         lambda g, _: cagrad_direction(g, c, rescale=rescale, method=method, num_iters=num_iters),
@@ -615,7 +615,7 @@ def raco(
     """
     w = _as_weights(weights)
     _check_c(c, below_one=True, name="raco")
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _make_aggregator(
         w.shape[0],
         lambda g, _: raco_direction(g, c, w, clip=clip, method=method, num_iters=num_iters),

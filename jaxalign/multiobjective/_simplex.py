@@ -198,7 +198,7 @@ def _check_gram(gram) -> jax.Array:
     return gram
 
 
-def _check_method(method: str, num_iters: int) -> None:
+def check_method(method: str, num_iters: int) -> None:
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if int(num_iters) < 1:
@@ -206,7 +206,7 @@ def _check_method(method: str, num_iters: int) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("radius_is_absolute", "method", "num_iters"))
-def _solve(gram, anchor, c_or_r, *, radius_is_absolute, method, num_iters):
+def solve_simplex(gram, anchor, c_or_r, *, radius_is_absolute, method, num_iters):
     """Minimises F on the normalised Gram matrix; returns weights."""
     k = gram.shape[0]
     dtype = gram.dtype
@@ -275,13 +275,13 @@ def cagrad_dual_weights(
         raise ValueError(f"anchor_weights has shape {anchor.shape}; expected ({k},) for K={k}")
     check_simplex("anchor_weights", anchor)
     _checks.check_nonnegative("c", c)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _dual_solution(gram, anchor, c, method=method, num_iters=int(num_iters))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "num_iters"))
 def _dual_solution(gram, anchor, c, *, method, num_iters) -> SimplexSolution:
-    w = _solve(gram, anchor, c, radius_is_absolute=False, method=method, num_iters=num_iters)
+    w = solve_simplex(gram, anchor, c, radius_is_absolute=False, method=method, num_iters=num_iters)
     r = jnp.asarray(c, gram.dtype) * jnp.sqrt(jnp.maximum(anchor @ gram @ anchor, 0))
     gram_b = gram @ anchor
     return SimplexSolution(w, _objective(gram, gram_b, r, w), _fw_gap(gram, anchor, r, w))
@@ -316,14 +316,14 @@ def min_norm_weights(
       Multi-Objective Optimization", NeurIPS 2018.
     """
     gram = _check_gram(gram)
-    _check_method(method, num_iters)
+    check_method(method, num_iters)
     return _min_norm_solution(gram, method=method, num_iters=int(num_iters))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "num_iters"))
 def _min_norm_solution(gram, *, method, num_iters) -> SimplexSolution:
     zeros = jnp.zeros((gram.shape[0],), gram.dtype)
-    w = _solve(gram, zeros, 1.0, radius_is_absolute=True, method=method, num_iters=num_iters)
+    w = solve_simplex(gram, zeros, 1.0, radius_is_absolute=True, method=method, num_iters=num_iters)
     gw = gram @ w
     quad = jnp.maximum(w @ gw, 0)
     return SimplexSolution(w, quad, 2 * jnp.maximum(quad - jnp.min(gw), 0))

@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, Int
 from jaxalign import games as G
 from jaxalign.games.algorithms import NashAlgorithm
 from jaxalign.kl import kl_divergence
+from jaxalign.losses import dpo_loss
 from jaxalign.losses import pairwise as pw
 from jaxalign.testbed.space import Evaluation, Testbed, evaluate, policy_log_probs
 
@@ -103,7 +104,7 @@ def population_minimiser(
         ra = jnp.broadcast_to(log_ref[:, None], (n, n)).ravel()
         rb = jnp.broadcast_to(log_ref[None, :], (n, n)).ravel()
         if loss == "dpo":
-            value = pw.dpo_loss(pa, pb, ra, rb, beta=beta).loss
+            value = dpo_loss(pa, pb, ra, rb, beta=beta).loss
         else:
             value = pw.robust_dpo_loss(pa, pb, ra, rb, beta=beta, flip_rate=flip_rate).loss
         return jnp.sum(weight * p * value.reshape(n, n))  # (a, b) labelled a ≻ b w.p. P_ab

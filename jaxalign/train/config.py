@@ -41,13 +41,18 @@ class InitConfig:
 class TrainDataConfig(DataConfig):
     """:class:`jaxalign.data.DataConfig` plus ``paths``, one dataset per objective.
 
-    ``dpo`` / ``ipo`` / ``robust_dpo`` read ``path``; ``multiobjective_dpo`` reads
+    The single-objective losses (``dpo``, ``ipo``, ``robust_dpo``, ``rpo``, ``simpo``,
+    ``orpo``; ``kto`` with unpaired rows) read ``path``; ``multiobjective_dpo`` reads
     ``paths`` (K ≥ 2 datasets, objective k's preferences in ``paths[k]``), every other
     field applying to each of them alike (one batch of ``batch_size`` pairs per
     objective per step). Both empty: the tiny generator writes the data (``tiny_data``).
     """
 
     paths: tuple[str, ...] = ()  # multiobjective_dpo: one dataset (file/directory) per objective
+    # sft / reward_model: held-out rows (the format of `path`) scored every
+    # logging.eval_every steps (sft: eval_loss; reward_model: eval_accuracy); "" = none, or
+    # with tiny data a held-out tiny file of tiny_data.eval_rows rows
+    eval_path: str = ""
     # Compute log π_ref of every response once, before training (cached in the run
     # directory), instead of a reference forward pass in every step (frozen reference).
     precompute_reference: bool = False
@@ -77,10 +82,14 @@ class TinyDataConfig:
     # single-objective losses use the first; multiobjective_dpo one dataset per entry (the
     # same prompts and random rejected orders, labelled by conflicting rules).
     objectives: tuple[str, ...] = ("sorted", "reversed")
+    # sft / reward_model: held-out rows drawn with another seed (0 = no eval split)
+    eval_rows: int = 128
 
     def __post_init__(self):
         if self.num_rows < 1:
             _bad("num_rows", self.num_rows, "a positive integer")
+        if self.eval_rows < 0:
+            _bad("eval_rows", self.eval_rows, "an integer >= 0")
         if not 2 <= self.num_words <= 16:
             _bad("num_words", self.num_words, "an integer in [2, 16]")
         objectives = tuple(self.objectives)
@@ -144,15 +153,22 @@ class ScheduleConfig:
 
 
 #: Every ``algorithm.name`` of ``jaxalign train``, by the task that runs it.
-OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo")  # preference data (or the testbed)
+OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo", "rpo", "simpo", "orpo", "kto")  # data
+TESTBED_OFFLINE_ALGORITHMS = ("dpo", "ipo", "robust_dpo")  # also on the testbed
+REFERENCE_FREE_ALGORITHMS = ("simpo", "orpo")  # no reference model at all
+UNPAIRED_ALGORITHMS = ("kto",)  # unpaired rows: prompt, completion, label
 MULTIOBJECTIVE_ALGORITHMS = ("multiobjective_dpo",)  # K preference datasets
 NASH_ALGORITHMS = games_algorithms.NASH_ALGORITHMS  # online
 POLICY_GRADIENT_ALGORITHMS = ("kl_pg",)  # online, against a reward
+SFT_ALGORITHMS = ("sft",)  # supervised fine-tuning on prompt/completion or chat rows
+REWARD_MODEL_ALGORITHMS = ("reward_model",)  # Bradley–Terry reward model on preference pairs
 ALGORITHMS = (
     *OFFLINE_ALGORITHMS,
     *MULTIOBJECTIVE_ALGORITHMS,
     *NASH_ALGORITHMS,
     *POLICY_GRADIENT_ALGORITHMS,
+    *SFT_ALGORITHMS,
+    *REWARD_MODEL_ALGORITHMS,
 )
 
 # The hyperparameters each algorithm reads; the others must keep their defaults.
@@ -160,6 +176,10 @@ _ALGORITHM_FIELDS = {
     "dpo": ("beta", "label_smoothing"),
     "ipo": ("tau",),
     "robust_dpo": ("beta", "flip_rate"),
+    "rpo": ("beta", "nll_weight"),
+    "simpo": ("beta", "gamma"),
+    "orpo": ("odds_ratio_weight",),
+    "kto": ("beta", "desirable_weight", "undesirable_weight"),
     "multiobjective_dpo": ("beta", "label_smoothing", "aggregator", "weights", "radius"),
     "inpo": ("step_size", "tau"),
     "onpo": ("step_size",),
@@ -169,6 +189,8 @@ _ALGORITHM_FIELDS = {
     "nash_md": ("step_size", "tau", "mixture"),
     "sppo": ("step_size",),
     "kl_pg": ("beta", "group_size", "baseline", "estimator", "kl_mode", "normalise"),
+    "sft": (),
+    "reward_model": ("margin", "center_weight"),
 }
 
 # Within multiobjective_dpo: the fields each aggregator reads (the keys are
@@ -196,6 +218,16 @@ class AlgorithmConfig:
     * ``ipo`` (Azar et al. 2023): ``(h − 1/(2τ))²``;
     * ``robust_dpo`` (Chowdhury et al. 2024): ``[(1−ε)·softplus(−βh) − ε·softplus(βh)]/(1−2ε)``,
       ε = ``flip_rate``: unbiased for the clean DPO loss under labels flipped at rate ε;
+    * ``rpo`` (Pang et al. 2024): DPO's ``softplus(−βh)`` plus ``α·(−log π_w/|y_w|)``, α =
+      ``nll_weight`` (the chosen responses' mean token NLL);
+    * ``simpo`` (Meng et al. 2024), reference-free: ``softplus(−(β ā_w − β ā_l − γ))``,
+      ``ā = log π(y)/|y|`` the mean token log-prob, γ = ``gamma`` the target reward margin;
+    * ``orpo`` (Hong et al. 2024), reference-free: ``−ā_w + λ·softplus(−(log odds(y_w) −
+      log odds(y_l)))``, ``log odds = ā − log(1 − e^ā)``, λ = ``odds_ratio_weight``;
+    * ``kto`` (Ethayarajh et al. 2024) on unpaired rows (``prompt``, ``completion``,
+      ``label``): ``λ_D σ(−β(r − z₀))`` for desirable and ``λ_U σ(β(r − z₀))`` for undesirable
+      completions, ``r = log π − log π_ref``, z₀ the batch's mismatched-pair KL estimate
+      (clamped at 0, detached); λ_D, λ_U = ``desirable_weight``, ``undesirable_weight``;
     * ``multiobjective_dpo`` (Zhou et al. 2024): one DPO loss ``L_k`` (β, ε as ``dpo``) per
       dataset of ``data.paths``; each step combines the K gradients with ``aggregator``:
       ``weighted_sum`` (``Σ_k w_k g_k``), ``mgda`` (min-norm point of the gradients' convex
@@ -208,7 +240,13 @@ class AlgorithmConfig:
       see :mod:`jaxalign.train.tasks.nash`;
     * ``kl_pg``: KL-regularised policy gradient, maximising ``E r − β KL(π‖π_ref)`` with a
       group baseline (``group_size`` responses per prompt); see
-      :mod:`jaxalign.train.tasks.policy_gradient`.
+      :mod:`jaxalign.train.tasks.policy_gradient`;
+    * ``sft``: supervised fine-tuning, the mean token NLL ``−Σ log π(y_t | x, y_<t) / Σ 1``
+      over completion (assistant) tokens only, prompts masked; see
+      :mod:`jaxalign.train.tasks.sft`;
+    * ``reward_model``: a scalar head on the causal-LM trunk fitted to preference pairs
+      with the Bradley–Terry loss ``−log σ(r_w − r_l − m) + λ·(r_w + r_l)²``, m =
+      ``margin``, λ = ``center_weight``; see :mod:`jaxalign.train.tasks.reward_model`.
 
     A field the chosen algorithm does not read must keep its default (a set ``tau`` with
     ``name: dpo`` is an error rather than silently ignored); within ``multiobjective_dpo``
@@ -216,16 +254,23 @@ class AlgorithmConfig:
     """
 
     name: Literal[
-        "dpo", "ipo", "robust_dpo", "multiobjective_dpo", "inpo", "onpo", "online_ipo",
-        "mnpo", "egpo", "nash_md", "sppo", "kl_pg",
+        "dpo", "ipo", "robust_dpo", "rpo", "simpo", "orpo", "kto", "multiobjective_dpo",
+        "inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "sppo", "kl_pg", "sft",
+        "reward_model",
     ] = "dpo"  # fmt: skip
-    # dpo, robust_dpo, multiobjective_dpo: logistic scale β > 0; kl_pg: KL coefficient β ≥ 0
+    # dpo, robust_dpo, rpo, simpo, kto, multiobjective_dpo: logistic scale β > 0 (SimPO's
+    # paper uses 2 – 2.5); kl_pg: KL coefficient β ≥ 0
     beta: float = 0.1
     label_smoothing: float = 0.0  # dpo, multiobjective_dpo: ε ∈ [0, ½), conservative DPO
     # ipo / online_ipo: τ > 0 (log-ratio target 1/(2τ); default 0.1); inpo, mnpo, egpo,
     # nash_md: KL weight to π_ref, s·τ ≤ 1 (default 0)
     tau: float | None = None
     flip_rate: float = 0.0  # robust_dpo: assumed label-flip rate ε ∈ [0, ½)
+    gamma: float = 0.0  # simpo: target reward margin γ ≥ 0 (the paper: γ/β ≈ 0.5)
+    nll_weight: float = 1.0  # rpo: α ≥ 0, weight of the chosen responses' mean token NLL
+    odds_ratio_weight: float = 0.1  # orpo: λ ≥ 0, weight of the odds-ratio term
+    desirable_weight: float = 1.0  # kto: λ_D > 0
+    undesirable_weight: float = 1.0  # kto: λ_U > 0
     # multiobjective_dpo: how the K per-objective gradients become one update direction
     aggregator: Literal["weighted_sum", "mgda", "cagrad", "raco"] = "weighted_sum"
     weights: tuple[float, ...] = ()  # multiobjective_dpo: user weights w on the simplex; () = 1/K
@@ -239,6 +284,8 @@ class AlgorithmConfig:
     estimator: Literal["k1", "k2", "k3"] = "k2"  # kl_pg: KL estimator of the loss term
     kl_mode: Literal["loss", "reward"] = "loss"  # kl_pg: KL as a loss term or reward penalty
     normalise: bool = False  # kl_pg: divide group-mean advantages by the group std (GRPO)
+    margin: float = 0.0  # reward_model: m >= 0, the loss is −log σ(r_w − r_l − m)
+    center_weight: float = 0.0  # reward_model: λ >= 0 of the centering term λ·(r_w + r_l)²
 
     def __post_init__(self):
         if not self.beta >= 0 or (self.name != "kl_pg" and not self.beta > 0):
@@ -251,6 +298,12 @@ class AlgorithmConfig:
             _bad("tau", self.tau, f"> 0 for {self.name} (its log-ratio target is 1/(2τ))")
         if not 0 <= self.flip_rate < 0.5:
             _bad("flip_rate", self.flip_rate, "a number in [0, 0.5)")
+        for name in ("gamma", "nll_weight", "odds_ratio_weight", "margin", "center_weight"):
+            if not getattr(self, name) >= 0:
+                _bad(name, getattr(self, name), ">= 0")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if not getattr(self, name) > 0:
+                _bad(name, getattr(self, name), "> 0")
         weights = tuple(self.weights)
         object.__setattr__(self, "weights", weights)
         if any(w < 0 for w in weights) or (weights and abs(sum(weights) - 1) > 1e-6):
@@ -483,7 +536,8 @@ class TrainConfig:
 
     Which sections an algorithm reads: offline losses ``data`` / ``tiny_data`` (or, with
     ``testbed.enabled``, ``online`` + ``testbed`` + ``oracle``); ``multiobjective_dpo``
-    ``data.paths`` / ``tiny_data``; the Nash algorithms and ``kl_pg`` ``online``, ``oracle``
+    ``data.paths`` / ``tiny_data``; ``sft`` and ``reward_model`` ``data`` (plus
+    ``data.eval_path``) / ``tiny_data``; the Nash algorithms and ``kl_pg`` ``online``, ``oracle``
     and either ``testbed`` (``prompts.path`` empty) or ``prompts``. ``optimizer`` and
     ``schedule`` are the AdamW of the offline losses; the online fits use ``online``.
     """
@@ -509,9 +563,14 @@ class TrainConfig:
 
     @property
     def task_kind(self) -> str:
-        """``offline``, ``multiobjective``, ``nash`` (incl. offline losses on the testbed) or
-        ``policy_gradient``: which task of :mod:`jaxalign.train.tasks` runs this config."""
+        """``offline``, ``multiobjective``, ``nash`` (incl. offline losses on the testbed),
+        ``policy_gradient``, ``sft`` or ``reward_model``: which task of
+        :mod:`jaxalign.train.tasks` runs this config."""
         name = self.algorithm.name
+        if name in SFT_ALGORITHMS:
+            return "sft"
+        if name in REWARD_MODEL_ALGORITHMS:
+            return "reward_model"
         if name in MULTIOBJECTIVE_ALGORITHMS:
             return "multiobjective"
         if name in POLICY_GRADIENT_ALGORITHMS:
@@ -531,10 +590,43 @@ class TrainConfig:
         if self.run.resume and not self.checkpoint.enabled:
             raise ValueError("run.resume=true needs checkpoint.enabled=true")
         kind = self.task_kind
-        if kind in ("offline", "multiobjective"):
+        if kind in ("sft", "reward_model"):
+            self._check_supervised_data()
+        elif kind in ("offline", "multiobjective"):
             self._check_preference_data()
         else:
             self._check_online()
+        if self.data.eval_path and kind not in ("sft", "reward_model"):
+            raise ValueError(
+                f"data.eval_path={self.data.eval_path!r} is only read by algorithm.name=sft / "
+                f"reward_model; {self.algorithm.name} has no held-out evaluation: remove it"
+            )
+
+    def _check_supervised_data(self) -> None:
+        """sft and reward_model: one dataset, no reference model, no testbed."""
+        name, data = self.algorithm.name, self.data
+        if self.testbed.enabled:
+            _bad("testbed.enabled", True, f"false: {name} trains on text data")
+        accum = self.optimizer.grad_accum_steps
+        if data.batch_size % accum:
+            raise ValueError(
+                f"data.batch_size={data.batch_size} must be divisible by "
+                f"optimizer.grad_accum_steps={accum}"
+            )
+        if self.logging.kl_ref:
+            raise ValueError(
+                f"logging.kl_ref=true needs a reference model, which {name} never builds; set "
+                "logging.kl_ref=false"
+            )
+        if data.precompute_reference:
+            _bad("data.precompute_reference", True, f"false: {name} has no reference model")
+        if data.paths:
+            _bad("data.paths", list(data.paths), f"[] ({name} reads one dataset: data.path)")
+        if data.share_prompt:
+            _bad("data.share_prompt", True, f"false: {name} rows have no pair of responses")
+        if name == "reward_model" and data.packing:
+            _bad("data.packing", True, "false for reward_model (padded pairs, read at the "
+                 "last real token as HF *ForSequenceClassification does)")  # fmt: skip
 
     def _check_preference_data(self) -> None:
         accum = self.optimizer.grad_accum_steps
@@ -548,6 +640,22 @@ class TrainConfig:
             raise ValueError(
                 "data.precompute_reference=true removes the reference forward pass from the "
                 "step, but logging.kl_ref=true needs it; set logging.kl_ref=false"
+            )
+        if algo.name in REFERENCE_FREE_ALGORITHMS:
+            if self.logging.kl_ref:
+                raise ValueError(
+                    f"logging.kl_ref=true needs the reference model, which {algo.name} (reference-"
+                    "free) never builds; set logging.kl_ref=false"
+                )
+            if data.precompute_reference:
+                raise ValueError(
+                    f"data.precompute_reference=true: {algo.name} is reference-free, there are no "
+                    "reference log-probs to precompute; set it to false"
+                )
+        if algo.name in UNPAIRED_ALGORITHMS and (data.packing or data.precompute_reference):
+            raise ValueError(
+                f"data.packing and data.precompute_reference are not supported for {algo.name} "
+                "(unpaired rows, padded batches, reference computed in the step); set both false"
             )
         if algo.name == "multiobjective_dpo" and (data.packing or data.precompute_reference):
             raise ValueError(
@@ -581,6 +689,12 @@ class TrainConfig:
 
     def _check_online(self) -> None:
         name = self.algorithm.name
+        if name in OFFLINE_ALGORITHMS and name not in TESTBED_OFFLINE_ALGORITHMS:
+            raise ValueError(
+                f"testbed.enabled=true runs {' / '.join(TESTBED_OFFLINE_ALGORITHMS)} (and the "
+                f"online algorithms) on the testbed; {name} trains on text data: set "
+                f"testbed.enabled=false (configs/train/{name}_tiny.yaml)"
+            )
         if self.testbed_mode:
             if self.init.pretrained:
                 _bad("init.pretrained", self.init.pretrained, '"" in testbed mode')
@@ -659,6 +773,11 @@ __all__ = [
     "NASH_ALGORITHMS",
     "OFFLINE_ALGORITHMS",
     "POLICY_GRADIENT_ALGORITHMS",
+    "REFERENCE_FREE_ALGORITHMS",
+    "REWARD_MODEL_ALGORITHMS",
+    "SFT_ALGORITHMS",
+    "TESTBED_OFFLINE_ALGORITHMS",
+    "UNPAIRED_ALGORITHMS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "DebugConfig",

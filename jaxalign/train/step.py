@@ -1,5 +1,6 @@
 """The preference-optimisation train step: a pure function of (state, reference params,
-batch), jitted once. The loss is DPO, IPO or robust DPO (``algorithm.name``).
+batch), jitted once. The loss is DPO, IPO, robust DPO, RPO, SimPO, ORPO or KTO
+(``algorithm.name``).
 
 One step on a global batch of ``B`` preference pairs:
 
@@ -20,13 +21,27 @@ the anchored log-ratio (:mod:`jaxalign.losses`):
 * ``"dpo"`` — :func:`jaxalign.losses.dpo_loss`, ``(1−ε)softplus(−βh) + ε softplus(βh)``;
 * ``"ipo"`` — :func:`jaxalign.losses.ipo_loss`, ``(h − 1/(2τ))²``;
 * ``"robust_dpo"`` — :func:`jaxalign.losses.robust_dpo_loss`,
-  ``[(1−ε)softplus(−βh) − ε softplus(βh)]/(1−2ε)`` (ε = flip rate; not bounded below).
+  ``[(1−ε)softplus(−βh) − ε softplus(βh)]/(1−2ε)`` (ε = flip rate; not bounded below);
+* ``"rpo"`` — :func:`jaxalign.losses.rpo_loss`, DPO ``+ α·(−log π_w/|y_w|)``;
+* ``"simpo"`` — :func:`jaxalign.losses.simpo_loss`, ``softplus(−(β ā_w − β ā_l − γ))`` with
+  ``ā = log π/|y|`` (``|y|`` = the response's scored tokens);
+* ``"orpo"`` — :func:`jaxalign.losses.orpo_loss`,
+  ``−ā_w + λ·softplus(−(log odds ā_w − log odds ā_l))``;
+* ``"kto"`` — :func:`jaxalign.losses.kto_loss` on an :class:`~jaxalign.data.UnpairedBatch`
+  (one labelled completion per row): ``λ_D σ(−β(r − z₀))`` (desirable) or ``λ_U σ(β(r − z₀))``
+  (undesirable), ``r = log π − log π_ref``, ``z₀`` the clamped, detached mean log-ratio of the
+  batch's mismatched sequences (:func:`jaxalign.losses.kto_reference_point`, per micro-batch).
+
+SimPO and ORPO are reference-free (:data:`REFERENCE_FREE_LOSSES`): the step takes
+``reference=None`` and runs no reference forward pass.
 
 Metrics (all replicated scalars, means over real pairs): ``loss``, ``accuracy``
 (``h > 0``), ``chosen_reward``, ``rejected_reward`` — the implicit rewards, the
 β-scaled log-ratios ``β(log π − log π_ref)`` for the logistic losses (DPO, robust
 DPO) and the plain log-ratios ``log π − log π_ref`` for IPO, which has no β —
-``margin`` = ``chosen_reward − rejected_reward`` (``βh``, resp. ``h``),
+``margin`` = ``chosen_reward − rejected_reward`` (``βh``, resp. ``h``; SimPO: ``β ā``, ORPO:
+the log odds, RPO: DPO's, plus the mean ``nll`` of the chosen responses, ORPO also its
+``odds_ratio_loss``),
 ``kl_ref`` (exact KL(π‖π_ref) of the next-token distributions, summed over the
 response positions of the batch's chosen and rejected sequences: the policy's
 drift from the reference along the data, computed over the whole vocabulary, so
@@ -46,8 +61,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxalign.data import PackedPreferenceBatch, PreferenceBatch
-from jaxalign.losses import dpo_loss, ipo_loss, robust_dpo_loss
+from jaxalign.data import PackedPreferenceBatch, PreferenceBatch, UnpairedBatch
+from jaxalign.losses import (
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    kto_reference_point,
+    length_normalised_logp,
+    orpo_loss,
+    robust_dpo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 from jaxalign.models.logprobs import chunked_kl, chunked_token_logprobs
 from jaxalign.parallel import shard_batch
 from jaxalign.train.state import TrainState
@@ -57,22 +82,52 @@ _SUMMED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "kl
 
 
 #: Losses :func:`preference_train_step` computes (``algorithm.name`` of the train config).
-LOSSES = ("dpo", "ipo", "robust_dpo")
+LOSSES = ("dpo", "ipo", "robust_dpo", "rpo", "simpo", "orpo", "kto")
+#: Losses that never read the reference model: the step runs no reference forward pass.
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+# Per-pair metrics some losses add (means over real pairs, like the others).
+_EXTRA_METRICS = {"rpo": ("nll",), "orpo": ("nll", "odds_ratio_loss")}
+# KTO's metrics (means over real examples; desirable_/undesirable_reward are finished as
+# means over each kind in preference_gradient).
+_KTO_SUMMED = ("loss", "reward", "desirable", "desirable_reward", "undesirable_reward",
+               "reference_point", "log_ratio", "policy_logp", "kl_ref")  # fmt: skip
 
 
-def _pair_losses(algorithm, pc, pr, rc, rr, *, beta, label_smoothing, tau, flip_rate):
-    """``(loss, chosen_reward, rejected_reward, margin)`` per pair, each ``(b,)``."""
+def _pair_losses(algorithm, pc, pr, rc, rr, nc, nr, *, beta, label_smoothing, tau, flip_rate,
+                 gamma, nll_weight, odds_ratio_weight):  # fmt: skip
+    """``(loss, chosen_reward, rejected_reward, margin, extras)`` per pair, each ``(b,)``;
+    ``nc``/``nr`` are the responses' token counts, ``rc``/``rr`` None when reference-free."""
+    b = jnp.asarray(beta, pc.dtype)
     if algorithm == "dpo":
         out = dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing)
-        return out.loss, out.chosen_reward, out.rejected_reward, out.margin
+        return out.loss, out.chosen_reward, out.rejected_reward, out.margin, {}
     if algorithm == "ipo":
         out = ipo_loss(pc, pr, rc, rr, tau=tau)
-        return out.loss, pc - rc, pr - rr, out.logit
+        return out.loss, pc - rc, pr - rr, out.logit, {}
     if algorithm == "robust_dpo":
         out = robust_dpo_loss(pc, pr, rc, rr, beta=beta, flip_rate=flip_rate)
-        b = jnp.asarray(beta, pc.dtype)
-        return out.loss, b * (pc - rc), b * (pr - rr), b * out.logit
+        return out.loss, b * (pc - rc), b * (pr - rr), b * out.logit, {}
+    if algorithm == "rpo":
+        out = rpo_loss(pc, pr, rc, rr, nc, beta=beta, nll_weight=nll_weight)
+        return out.loss, b * (pc - rc), b * (pr - rr), b * out.logit, {"nll": out.nll}
+    if algorithm == "simpo":
+        out = simpo_loss(pc, pr, nc, nr, beta=beta, gamma=gamma)
+        chosen, rejected = b * length_normalised_logp(pc, nc), b * length_normalised_logp(pr, nr)
+        return out.loss, chosen, rejected, chosen - rejected, {}
+    if algorithm == "orpo":
+        out = orpo_loss(pc, pr, nc, nr, odds_ratio_weight=odds_ratio_weight)
+        extras = {"nll": out.nll, "odds_ratio_loss": out.odds_ratio_loss}
+        return out.loss, out.log_odds_w, out.log_odds_l, out.log_odds_w - out.log_odds_l, extras
     raise ValueError(f"algorithm must be one of {LOSSES}, got {algorithm!r}")
+
+
+def _metric_names(algorithm: str, kl_metric: bool) -> tuple[str, ...]:
+    """The summed metrics of ``algorithm``'s step."""
+    base = _KTO_SUMMED if algorithm == "kto" else _SUMMED
+    drop = {"kl_ref"} if not kl_metric else set()
+    if algorithm in REFERENCE_FREE_LOSSES:
+        drop.add("log_ratio")
+    return (*(n for n in base if n not in drop), *_EXTRA_METRICS.get(algorithm, ()))
 
 
 def _forward(model, batch, sides: int):
@@ -81,9 +136,9 @@ def _forward(model, batch, sides: int):
     A padded batch runs chosen and rejected as one ``(2b, L)`` batch; a packed batch runs
     its rows and sums each sequence's tokens with ``segment_sum``.
     """
-    weight, tied = model.head_weights()
-    chunk = model.config.logprob_chunk_size
     if isinstance(batch, PackedPreferenceBatch):
+        weight, tied = model.head_weights()
+        chunk = model.config.logprob_chunk_size
         ids, seg = batch.input_ids, batch.segment_ids
         hidden = model.model.encode(
             ids, positions=batch.positions, segment_ids=seg, branch_ids=batch.branch_ids
@@ -98,6 +153,13 @@ def _forward(model, batch, sides: int):
     ids = jnp.concatenate([batch.chosen_input_ids, batch.rejected_input_ids])
     attn = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask])
     mask = jnp.concatenate([batch.chosen_loss_mask, batch.rejected_loss_mask])
+    return _padded_forward(model, ids, attn, mask)
+
+
+def _padded_forward(model, ids, attn, mask):
+    """Response log-probs ``(rows,)``, hidden states and scored positions of padded rows."""
+    weight, tied = model.head_weights()
+    chunk = model.config.logprob_chunk_size
     scored = mask.astype(bool) & attn.astype(bool)
     hidden = model.model.encode(ids, attn)
     per_token = chunked_token_logprobs(hidden, weight, tied, ids, chunk)
@@ -128,16 +190,38 @@ def reference_sequence_logprobs(
     return seq[:b], seq[b:]
 
 
-def _microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True):
+def _token_counts(scored, batch, sides: int) -> jax.Array:
+    """Scored (response) tokens of each sequence, ``(sides,)`` float32: SimPO's and ORPO's
+    ``|y|``."""
+    ones = scored.astype(jnp.float32)
+    if isinstance(batch, PackedPreferenceBatch):
+        return jax.ops.segment_sum(
+            ones.reshape(-1), batch.sequence_index.reshape(-1), num_segments=sides
+        )
+    return ones.sum(axis=-1)
+
+
+def _microbatch_sums(
+    params,
+    reference,
+    batch,
+    *,
+    graphdef,
+    loss_fn,
+    kl_metric: bool = True,
+    uses_reference: bool = True,
+    extras: tuple[str, ...] = (),
+):
     """Summed (over real pairs) loss and metric sums of one micro-batch."""
     policy = nnx.merge(graphdef, params)
     b = batch.example_mask.shape[0]
     seq, hidden, scored = _forward(policy, batch, 2 * b)
-    precomputed = batch.reference_chosen_logp is not None
-    ref_hidden = None
+    counts = _token_counts(scored, batch, 2 * b)
+    precomputed = uses_reference and batch.reference_chosen_logp is not None
+    ref_hidden = ref_seq = None
     if precomputed:
         ref_seq = jnp.concatenate([batch.reference_chosen_logp, batch.reference_rejected_logp])
-    if not precomputed or kl_metric:
+    if uses_reference and (not precomputed or kl_metric):
         # Fenced off from the policy's computation so XLA compiles it exactly as the
         # standalone reference_sequence_logprobs: precomputed values give the same bits.
         ref_params, ref_batch = jax.lax.optimization_barrier((reference, batch))
@@ -146,8 +230,10 @@ def _microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: 
         ref_forward, ref_hidden, _ = jax.lax.optimization_barrier(ref_out)
         if not precomputed:
             ref_seq = ref_forward
-    pc, pr, rc, rr = seq[:b], seq[b:], ref_seq[:b], ref_seq[b:]
-    loss, chosen_reward, rejected_reward, margin = loss_fn(pc, pr, rc, rr)
+    pc, pr = seq[:b], seq[b:]
+    rc, rr = (None, None) if ref_seq is None else (ref_seq[:b], ref_seq[b:])
+    loss, chosen_reward, rejected_reward, margin, more = loss_fn(pc, pr, rc, rr, counts[:b],
+                                                                 counts[b:])  # fmt: skip
     w = batch.example_mask
     w2 = jnp.concatenate([w, w]) * jnp.asarray(0.5, w.dtype)  # per pair: mean of both sides
     sums = {
@@ -156,14 +242,54 @@ def _microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: 
         "margin": jnp.sum(w * margin),
         "chosen_reward": jnp.sum(w * chosen_reward),
         "rejected_reward": jnp.sum(w * rejected_reward),
-        "log_ratio": jnp.sum(w2 * jax.lax.stop_gradient(jnp.concatenate([pc - rc, pr - rr]))),
         "policy_chosen_logp": jnp.sum(w * jax.lax.stop_gradient(pc)),
         "policy_rejected_logp": jnp.sum(w * jax.lax.stop_gradient(pr)),
     }
+    if uses_reference:
+        log_ratio = jax.lax.stop_gradient(jnp.concatenate([pc - rc, pr - rr]))
+        sums["log_ratio"] = jnp.sum(w2 * log_ratio)
+    for name in extras:
+        sums[name] = jnp.sum(w * jax.lax.stop_gradient(more[name]))
     if kl_metric:
         ref = nnx.merge(graphdef, reference)
         kl_seq = _sequence_kl(policy, ref, hidden, ref_hidden, scored, batch, 2 * b)
         sums["kl_ref"] = jnp.sum(w2 * kl_seq)
+    return sums["loss"], sums
+
+
+def _kto_microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True):
+    """KTO's summed loss and metric sums of one micro-batch of an :class:`UnpairedBatch`.
+
+    The completions run with gradients; the mismatched sequences only feed the detached
+    reference point z₀, so the policy sees them through ``stop_gradient`` (no backward pass).
+    """
+    policy = nnx.merge(graphdef, params)
+    ref = nnx.merge(graphdef, reference)
+    own = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+    mismatched = (batch.kl_input_ids, batch.kl_attention_mask, batch.kl_loss_mask)
+    logp, hidden, scored = _padded_forward(policy, *own)
+    frozen_policy = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+    kl_logp, _, _ = _padded_forward(frozen_policy, *mismatched)
+    ref_logp, ref_hidden, _ = jax.lax.stop_gradient(_padded_forward(ref, *own))
+    ref_kl_logp, _, _ = jax.lax.stop_gradient(_padded_forward(ref, *mismatched))
+    w = batch.example_mask
+    z0 = kto_reference_point(kl_logp, ref_kl_logp, w)
+    out = loss_fn(logp, ref_logp, batch.desirable, z0)
+    reward = jax.lax.stop_gradient(out.reward)
+    good = w * batch.desirable
+    sums = {
+        "loss": jnp.sum(w * out.loss),
+        "reward": jnp.sum(w * reward),
+        "desirable": jnp.sum(good),
+        "desirable_reward": jnp.sum(good * reward),
+        "undesirable_reward": jnp.sum((w - good) * reward),
+        "reference_point": jnp.sum(w) * out.reference_point,
+        "log_ratio": jnp.sum(w * jax.lax.stop_gradient(logp - ref_logp)),
+        "policy_logp": jnp.sum(w * jax.lax.stop_gradient(logp)),
+    }
+    if kl_metric:
+        kl_seq = _sequence_kl(policy, ref, hidden, ref_hidden, scored, batch, 0)
+        sums["kl_ref"] = jnp.sum(w * kl_seq)
     return sums["loss"], sums
 
 
@@ -178,6 +304,11 @@ def preference_gradient(
     label_smoothing: float = 0.0,
     tau: float = 0.1,
     flip_rate: float = 0.0,
+    gamma: float = 0.0,
+    nll_weight: float = 0.0,
+    odds_ratio_weight: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
     kl_metric: bool = True,
@@ -195,18 +326,38 @@ def preference_gradient(
         ``loss``, ``accuracy``, ``margin``, … (the summed metrics of the module docstring).
     """
     k = grad_accum_steps
-    loss_fn = functools.partial(
-        _pair_losses,
-        algorithm,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        tau=tau,
-        flip_rate=flip_rate,
-    )
-    sums_fn = functools.partial(
-        _microbatch_sums, graphdef=graphdef, loss_fn=loss_fn, kl_metric=kl_metric
-    )
-    summed = _SUMMED if kl_metric else tuple(n for n in _SUMMED if n != "kl_ref")
+    if algorithm in REFERENCE_FREE_LOSSES and kl_metric:
+        raise ValueError(
+            f"kl_metric=True needs the reference model, which {algorithm} does not use; "
+            "pass kl_metric=False"
+        )
+    if algorithm == "kto":
+        loss_fn = functools.partial(kto_loss, beta=beta, desirable_weight=desirable_weight,
+                                    undesirable_weight=undesirable_weight)  # fmt: skip
+        sums_fn = functools.partial(
+            _kto_microbatch_sums, graphdef=graphdef, loss_fn=loss_fn, kl_metric=kl_metric
+        )
+    else:
+        loss_fn = functools.partial(
+            _pair_losses,
+            algorithm,
+            beta=beta,
+            label_smoothing=label_smoothing,
+            tau=tau,
+            flip_rate=flip_rate,
+            gamma=gamma,
+            nll_weight=nll_weight,
+            odds_ratio_weight=odds_ratio_weight,
+        )
+        sums_fn = functools.partial(
+            _microbatch_sums,
+            graphdef=graphdef,
+            loss_fn=loss_fn,
+            kl_metric=kl_metric,
+            uses_reference=algorithm not in REFERENCE_FREE_LOSSES,
+            extras=_EXTRA_METRICS.get(algorithm, ()),
+        )
+    summed = _metric_names(algorithm, kl_metric)
     grad_fn = jax.grad(sums_fn, has_aux=True)
 
     if k == 1:
@@ -240,7 +391,13 @@ def preference_gradient(
     grads = jax.tree.map(
         lambda g, p: (g.astype(jnp.float32) / count).astype(p.dtype), grads, params
     )
-    return grads, {name: sums[name] / count for name in summed}
+    metrics = {name: sums[name] / count for name in summed}
+    if algorithm == "kto":  # means over each kind (0 when a kind is absent)
+        frac = metrics["desirable"]
+        for name, share in (("desirable_reward", frac), ("undesirable_reward", 1 - frac)):
+            safe = jnp.where(share > 0, share, jnp.ones((), share.dtype))
+            metrics[name] = jnp.where(share > 0, metrics[name] / safe, jnp.zeros((), share.dtype))
+    return grads, metrics
 
 
 def preference_train_step(
@@ -256,6 +413,11 @@ def preference_train_step(
     label_smoothing: float = 0.0,
     tau: float = 0.1,
     flip_rate: float = 0.0,
+    gamma: float = 0.0,
+    nll_weight: float = 0.0,
+    odds_ratio_weight: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
     kl_metric: bool = True,
@@ -264,15 +426,21 @@ def preference_train_step(
 
     Args:
         state: the current :class:`TrainState`.
-        reference: frozen reference parameters (same tree and sharding as ``state.params``).
-        batch: a global :class:`~jaxalign.data.PreferenceBatch` of ``B`` pairs.
+        reference: frozen reference parameters (same tree and sharding as ``state.params``);
+            None for the reference-free losses (:data:`REFERENCE_FREE_LOSSES`).
+        batch: a global :class:`~jaxalign.data.PreferenceBatch` of ``B`` pairs (KTO: an
+            :class:`~jaxalign.data.UnpairedBatch` of ``B`` labelled completions).
         graphdef: the model's graph definition (static).
         tx: the optimizer; ``lr_schedule`` only feeds the ``lr`` metric.
-        algorithm: ``"dpo"``, ``"ipo"`` or ``"robust_dpo"`` (see the module docstring).
-        beta: β of DPO and robust DPO (ignored by IPO).
+        algorithm: one of :data:`LOSSES` (see the module docstring).
+        beta: β of DPO, robust DPO, RPO, SimPO and KTO (ignored by IPO and ORPO).
         label_smoothing: DPO's ε (conservative DPO).
         tau: IPO's τ; the log-ratio target is ``1/(2τ)``.
         flip_rate: robust DPO's label-flip rate ε ∈ [0, ½).
+        gamma: SimPO's target reward margin γ ≥ 0.
+        nll_weight: RPO's α ≥ 0, the weight of the chosen responses' mean token NLL.
+        odds_ratio_weight: ORPO's λ ≥ 0, the weight of its odds-ratio term.
+        desirable_weight, undesirable_weight: KTO's λ_D, λ_U > 0.
         grad_accum_steps: micro-batches ``k`` (``B`` divisible by ``k``).
         batch_sharding: sharding of a ``(batch, length)`` micro-batch array, to keep
             micro-batches spread over the batch shards (None: no constraint).
@@ -303,6 +471,11 @@ def preference_train_step(
         label_smoothing=label_smoothing,
         tau=tau,
         flip_rate=flip_rate,
+        gamma=gamma,
+        nll_weight=nll_weight,
+        odds_ratio_weight=odds_ratio_weight,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
         grad_accum_steps=grad_accum_steps,
         batch_sharding=batch_sharding,
         kl_metric=kl_metric,
@@ -322,6 +495,8 @@ def preference_train_step(
         real = batch.segment_ids > 0
         prefix = jnp.sum(real & (batch.branch_ids == 0))
         tokens = jnp.sum(real) + jnp.where(jnp.any(batch.branch_ids > 0), prefix, 0)
+    elif isinstance(batch, UnpairedBatch):
+        tokens = jnp.sum(batch.attention_mask) + jnp.sum(batch.kl_attention_mask)
     else:
         tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
     metrics.update(
@@ -340,6 +515,8 @@ def preference_train_step(
 def _computed_tokens(batch) -> int:
     if isinstance(batch, PackedPreferenceBatch):
         return batch.input_ids.size
+    if isinstance(batch, UnpairedBatch):
+        return batch.input_ids.size + batch.kl_input_ids.size
     return batch.chosen_input_ids.size + batch.rejected_input_ids.size
 
 
@@ -393,6 +570,7 @@ def _drop_last(sharding):
 
 __all__ = [
     "LOSSES",
+    "REFERENCE_FREE_LOSSES",
     "dpo_train_step",
     "preference_gradient",
     "preference_train_step",

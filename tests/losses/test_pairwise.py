@@ -18,12 +18,12 @@ PW, PL, RW, RL, CW, CL, AW, AL = (jnp.asarray(-RNG.uniform(1, 5, B), jnp.float32
 
 
 def test_dpo_hand_value():
-    out = pw.dpo_loss(
+    out = engine_dpo_loss(
         jnp.array([-1.0]), jnp.array([-2.0]), jnp.array([-1.5]), jnp.array([-1.5]), beta=0.5
     )
-    # h = (−1 + 2) − 0 = 1, loss = −log σ(0.5) = log(1 + e^{−0.5}).
+    # h = (−1 + 2) − 0 = 1, z = βh = 0.5, loss = −log σ(0.5) = log(1 + e^{−0.5}).
     np.testing.assert_allclose(out.loss, [math.log1p(math.exp(-0.5))], rtol=1e-6)
-    np.testing.assert_allclose(out.logit, [1.0])
+    np.testing.assert_allclose(out.margin, [0.5])
 
 
 def test_ipo_hand_value():
@@ -34,10 +34,13 @@ def test_ipo_hand_value():
     np.testing.assert_allclose(out.loss, [0.25], rtol=1e-6)
 
 
-def test_dpo_matches_the_training_engine_dpo():
-    ours = pw.dpo_loss(PW, PL, RW, RL, beta=0.3)
-    theirs = engine_dpo_loss(PW, PL, RW, RL, beta=0.3)
-    np.testing.assert_allclose(ours.loss, theirs.loss, rtol=1e-6)
+def test_dpo_is_the_unified_loss_with_the_reference_anchor():
+    unified = pw.pairwise_preference_loss(
+        PW, PL, [pw.Anchor(RW, RL)], distance="logistic", scale=0.3
+    )
+    dpo = engine_dpo_loss(PW, PL, RW, RL, beta=0.3)
+    np.testing.assert_array_equal(dpo.loss, unified.loss)  # the same arithmetic, bit for bit
+    np.testing.assert_array_equal(dpo.margin, 0.3 * unified.logit)
 
 
 def _mnpo_author_form(pw_, pl_, refw, refl, hist, lambdas, ratio, target):
@@ -98,7 +101,7 @@ def test_egpo_and_sppo_hand_forms():
 
 def test_robust_dpo_is_unbiased_under_label_flips():
     eps = 0.2
-    clean = pw.dpo_loss(PW, PL, RW, RL, beta=0.7).loss
+    clean = engine_dpo_loss(PW, PL, RW, RL, beta=0.7).loss
     forward = pw.robust_dpo_loss(PW, PL, RW, RL, beta=0.7, flip_rate=eps).loss
     flipped = pw.robust_dpo_loss(PL, PW, RL, RW, beta=0.7, flip_rate=eps).loss
     np.testing.assert_allclose((1 - eps) * forward + eps * flipped, clean, rtol=1e-5)

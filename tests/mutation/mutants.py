@@ -31,15 +31,15 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "kl-tilt-beta-not-inverted",
         KL + "tilt.py",
-        "return _tilt(log_base, reward, 1.0 / beta)",
-        "return _tilt(log_base, reward, beta)",
+        "return tilt_unchecked(log_base, reward, 1.0 / beta)",
+        "return tilt_unchecked(log_base, reward, beta)",
         "tilt p·e^{βr} instead of p·e^{r/β}",
     ),
     Mutant(
         "kl-divergence-arguments-swapped",
         KL + "tilt.py",
-        "    return _kl(log_p, log_q)\n",
-        "    return _kl(log_q, log_p)\n",
+        "    return kl_unchecked(log_p, log_q)\n",
+        "    return kl_unchecked(log_q, log_p)\n",
         "kl_divergence(p, q) returns KL(q‖p)",
     ),
     Mutant(
@@ -221,8 +221,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "games-mnpo-payoff-unweighted",
         GAMES + "solvers.py",
-        "u = lam @ (probs @ t.T) if t.ndim == 2 else _contract(t, probs)",
-        "u = jnp.mean(probs @ t.T, axis=0) if t.ndim == 2 else _contract(t, probs)",
+        "u = lam @ (probs @ t.T) if t.ndim == 2 else contract_opponents(t, probs)",
+        "u = jnp.mean(probs @ t.T, axis=0) if t.ndim == 2 else contract_opponents(t, probs)",
         "MNPO payoff ignores the opponent weights",
     ),
     Mutant(

@@ -17,11 +17,11 @@ from jaxalign.models import from_pretrained
 from jaxalign.testbed import scoring
 from jaxalign.train import (
     NASH_ALGORITHMS,
-    OFFLINE_ALGORITHMS,
     POLICY_GRADIENT_ALGORITHMS,
     load_train_config,
     train,
 )
+from jaxalign.train.config import TESTBED_OFFLINE_ALGORITHMS
 from jaxalign.train.tasks import online_setup
 
 CONFIGS = repo_root() / "configs" / "train"
@@ -29,7 +29,7 @@ SMALL = ["run.steps=2", "online.batch_size=32", "online.inner_steps=5"]
 
 
 @pytest.mark.parametrize(
-    "algorithm", NASH_ALGORITHMS + POLICY_GRADIENT_ALGORITHMS + OFFLINE_ALGORITHMS
+    "algorithm", NASH_ALGORITHMS + POLICY_GRADIENT_ALGORITHMS + TESTBED_OFFLINE_ALGORITHMS
 )
 def test_every_algorithm_has_a_testbed_config(algorithm):
     cfg = load_train_config(CONFIGS / f"{algorithm}_testbed.yaml")

@@ -7,14 +7,17 @@
 * :class:`~jaxalign.train.tasks.nash.NashTask` — online Nash preference optimisation (INPO,
   ONPO, online IPO, MNPO, EGPO, Nash-MD), and the offline losses on the testbed;
 * :class:`~jaxalign.train.tasks.policy_gradient.PolicyGradientTask` — KL-regularised
-  policy gradient.
+  policy gradient;
+* :class:`~jaxalign.train.tasks.sft.SFTTask` — supervised fine-tuning (completion tokens);
+* :class:`~jaxalign.train.tasks.reward_model.RewardModelTask` — a Bradley–Terry reward model
+  (scalar head on the causal-LM trunk), exported as ``*ForSequenceClassification``.
 """
 
 from __future__ import annotations
 
 from jaxalign.train.tasks.base import RunContext, Task, sharded_init
 
-TASK_KINDS = ("offline", "multiobjective", "nash", "policy_gradient")
+TASK_KINDS = ("offline", "multiobjective", "nash", "policy_gradient", "sft", "reward_model")
 
 
 def make_task(ctx: RunContext) -> Task:
@@ -28,6 +31,14 @@ def make_task(ctx: RunContext) -> Task:
         from jaxalign.train.tasks.multiobjective import MultiObjectiveTask
 
         return MultiObjectiveTask(ctx)
+    if kind == "sft":
+        from jaxalign.train.tasks.sft import SFTTask
+
+        return SFTTask(ctx)
+    if kind == "reward_model":
+        from jaxalign.train.tasks.reward_model import RewardModelTask
+
+        return RewardModelTask(ctx)
     if kind == "nash":
         from jaxalign.train.tasks.nash import NashTask
 

@@ -12,7 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxalign.data import build_preference_loader, make_tiny_preference_dataset
+from jaxalign.data import (
+    build_preference_loader,
+    build_unpaired_loader,
+    make_tiny_preference_dataset,
+    make_tiny_unpaired_dataset,
+)
 from jaxalign.data.config import DataConfig
 from jaxalign.models import ModelConfig, build_tiny_tokenizer, from_pretrained, load_tokenizer
 from jaxalign.parallel import data_shard_info
@@ -96,9 +101,12 @@ def build_policy(ctx: RunContext, total_steps: int) -> Policy:
     return Policy(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
 
 
-def preference_data_configs(ctx: RunContext, num_objectives: int) -> list[DataConfig]:
+def preference_data_configs(
+    ctx: RunContext, num_objectives: int, *, unpaired: bool = False
+) -> list[DataConfig]:
     """One data config per objective: ``data.paths`` (K datasets), ``data.path``, or the
-    tiny synthetic datasets written into the run directory (``tiny_data``)."""
+    tiny synthetic datasets written into the run directory (``tiny_data``; ``unpaired``:
+    labelled single answers for KTO, ``tiny-unpaired-p<pid>.jsonl``)."""
     config = ctx.config
     data, tiny = config.data, config.tiny_data
     if data.paths:
@@ -106,6 +114,15 @@ def preference_data_configs(ctx: RunContext, num_objectives: int) -> list[DataCo
     if data.path:
         return [data]
     pid = jax.process_index()
+    if unpaired:
+        path = make_tiny_unpaired_dataset(
+            ctx.out / "data" / f"tiny-unpaired-p{pid}.jsonl",
+            tiny.num_rows,
+            tiny.seed,
+            num_words=tiny.num_words,
+            rule=tiny.objectives[0],
+        )
+        return [dataclasses.replace(data, path=str(path))]
     configs = []
     for k, rule in enumerate(tiny.objectives[:num_objectives]):
         # The single-objective file keeps its historical name (tiny-p<pid>.jsonl).
@@ -117,12 +134,26 @@ def preference_data_configs(ctx: RunContext, num_objectives: int) -> list[DataCo
     return configs
 
 
-def preference_loaders(ctx: RunContext, tokenizer, data_configs, batch_sharding) -> list:
+def preference_loaders(
+    ctx: RunContext, tokenizer, data_configs, batch_sharding, *, unpaired: bool = False
+) -> list:
     """One resumable loader per data config; each process loads its slice of every global
-    batch; packed rows per micro-batch are a multiple of this process's batch shards."""
+    batch; packed rows per micro-batch are a multiple of this process's batch shards
+    (``unpaired``: :class:`~jaxalign.data.UnpairedLoader` s of KTO rows)."""
     config = ctx.config
     size = data_configs[0].batch_size
     shard, count = data_shard_info(size, ctx.mesh, ctx.rules)
+    if unpaired:
+        return [
+            build_unpaired_loader(
+                dc,
+                tokenizer,
+                process_index=shard,
+                process_count=count,
+                micro_batches=config.optimizer.grad_accum_steps,
+            )
+            for dc in data_configs
+        ]
     axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
     axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
     batch_shards = int(np.prod([ctx.mesh.shape[a] for a in axes]))
@@ -164,12 +195,20 @@ def loss_summary(history: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
 
 class PreferenceTask(Task):
     """What the tasks on preference datasets share: the tokenizer, the trainable policy
-    (AdamW state sharded like it), the frozen reference π_ref = π_0, one resumable loader
-    per dataset, and the HF export of the final policy."""
+    (AdamW state sharded like it), the frozen reference π_ref = π_0 (none when
+    ``reference=False``: the reference-free losses never build it), one resumable loader
+    per dataset (``unpaired``: KTO rows), and the HF export of the final policy."""
 
     reports_flops = True
 
-    def __init__(self, ctx: RunContext, num_objectives: int):
+    def __init__(
+        self,
+        ctx: RunContext,
+        num_objectives: int,
+        *,
+        unpaired: bool = False,
+        reference: bool = True,
+    ):
         config = self.config = ctx.config
         self.ctx = ctx
         self.tokenizer = load_run_tokenizer(ctx)
@@ -177,13 +216,18 @@ class PreferenceTask(Task):
         check_vocab(self.tokenizer, self.policy.config)
         self.model_config = self.policy.config
         sh = self.policy.shardings
-        self.state_shardings, self.frozen_shardings = sh.state, sh.reference
-        self.data_configs = preference_data_configs(ctx, num_objectives)
-        self.loaders = preference_loaders(ctx, self.tokenizer, self.data_configs, sh.batch)
+        self.uses_reference = reference
+        self.state_shardings = sh.state
+        self.frozen_shardings = sh.reference if reference else None
+        self.data_configs = preference_data_configs(ctx, num_objectives, unpaired=unpaired)
+        self.loaders = preference_loaders(
+            ctx, self.tokenizer, self.data_configs, sh.batch, unpaired=unpaired
+        )
 
     def init(self, key: jax.Array):
         state = self.policy.init_state(key, self.ctx.rule_pairs)
-        self.frozen = self.policy.copy_params(state.params)  # π_ref = the initial policy
+        # π_ref = the initial policy; the reference-free losses keep no copy at all.
+        self.frozen = self.policy.copy_params(state.params) if self.uses_reference else None
         return state
 
     def export(self, state, directory: Path) -> Path:

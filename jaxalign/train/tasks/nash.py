@@ -64,6 +64,7 @@ from flax import nnx
 from jaxalign.games import duality_gap
 from jaxalign.games.algorithms import NashAlgorithm
 from jaxalign.kl import kl_divergence
+from jaxalign.losses import dpo_loss
 from jaxalign.losses import pairwise as pw
 from jaxalign.parallel import batch_sharding
 from jaxalign.testbed import scoring
@@ -130,7 +131,7 @@ def _pair_loss(kind: str, algo, fit: FitSettings, pa, pb, anc_a, anc_b, extra) -
         return pw.online_ipo_loss(pa, pb, ref_a, ref_b, tau=tau).loss
     if kind == "dpo":
         ((ref_a,), (ref_b,)) = anc_a, anc_b
-        return pw.dpo_loss(pa, pb, ref_a, ref_b, beta=fit.beta).loss
+        return dpo_loss(pa, pb, ref_a, ref_b, beta=fit.beta).loss
     if kind == "robust_dpo":
         ((ref_a,), (ref_b,)) = anc_a, anc_b
         return pw.robust_dpo_loss(pa, pb, ref_a, ref_b, beta=fit.beta, flip_rate=fit.flip_rate).loss

@@ -1,10 +1,12 @@
-"""Offline pairwise preference losses on a preference dataset: DPO, IPO, robust DPO.
+"""Offline preference losses on a dataset: DPO, IPO, robust DPO, RPO, SimPO, ORPO, KTO.
 
 The state is a :class:`~jaxalign.train.state.TrainState` (policy, AdamW state); the
-frozen reference π_ref is the initial policy; a batch is one global batch of preference
-pairs from the resumable loader — padded, or packed (``data.packing``), with the reference
-log-probs precomputed once per dataset (``data.precompute_reference``) when asked. The step
-is :func:`jaxalign.train.step.preference_train_step`.
+frozen reference π_ref is the initial policy (SimPO and ORPO are reference-free: no
+reference is built, copied or run); a batch is one global batch of preference pairs from
+the resumable loader — padded, or packed (``data.packing``), with the reference log-probs
+precomputed once per dataset (``data.precompute_reference``) when asked — or, for KTO, of
+labelled completions with their mismatched KL sequences (:class:`~jaxalign.data.UnpairedBatch`).
+The step is :func:`jaxalign.train.step.preference_train_step`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxalign.data import PackedPreferenceBatch, PreferenceBatch, format_data_stats
+from jaxalign.data import (
+    PackedPreferenceBatch,
+    PreferenceBatch,
+    UnpairedBatch,
+    format_data_stats,
+    format_unpaired_stats,
+)
+from jaxalign.train.config import REFERENCE_FREE_ALGORITHMS, UNPAIRED_ALGORITHMS
 from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.reference import CACHE_NAME, precompute_reference_logps
 from jaxalign.train.step import preference_train_step, shard_preference_batch
@@ -24,21 +33,27 @@ from jaxalign.train.tasks.base import RunContext
 
 
 class OfflinePairwiseTask(common.PreferenceTask):
-    """``algorithm.name`` ∈ {dpo, ipo, robust_dpo} on text preference data."""
+    """``algorithm.name`` ∈ {dpo, ipo, robust_dpo, rpo, simpo, orpo} on text preference
+    data, or kto on unpaired rows."""
 
     name = "offline"
 
     def __init__(self, ctx: RunContext):
-        super().__init__(ctx, 1)
+        algo = ctx.config.algorithm
+        self.unpaired = algo.name in UNPAIRED_ALGORITHMS
+        super().__init__(
+            ctx, 1, unpaired=self.unpaired, reference=algo.name not in REFERENCE_FREE_ALGORITHMS
+        )
         config, sh = self.config, self.policy.shardings
         (self.data_config,), (self.loader,) = self.data_configs, self.loaders
         d = config.data
         refs = (sh.example, sh.example) if d.precompute_reference else (None, None)
-        if d.packing:
+        if self.unpaired:
+            self.batch_shardings = UnpairedBatch(*(sh.batch,) * 6, sh.example, sh.example)
+        elif d.packing:
             self.batch_shardings = PackedPreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
         else:
             self.batch_shardings = PreferenceBatch(*(sh.batch,) * 6, sh.example, *refs)
-        algo = config.algorithm
         self._step = functools.partial(
             preference_train_step,
             graphdef=self.policy.graphdef,
@@ -49,6 +64,11 @@ class OfflinePairwiseTask(common.PreferenceTask):
             label_smoothing=algo.label_smoothing,
             tau=algo.resolved_tau,
             flip_rate=algo.flip_rate,
+            gamma=algo.gamma,
+            nll_weight=algo.nll_weight,
+            odds_ratio_weight=algo.odds_ratio_weight,
+            desirable_weight=algo.desirable_weight,
+            undesirable_weight=algo.undesirable_weight,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
             kl_metric=config.logging.kl_ref,
@@ -95,13 +115,16 @@ class OfflinePairwiseTask(common.PreferenceTask):
 
     def flops(self, batch) -> float:
         rows, length = batch[0].shape
+        cfg = self.policy.config
+        if isinstance(batch, UnpairedBatch):
+            # B completions trained and run by the reference, plus forward-only passes of
+            # the policy and the reference over the B mismatched sequences.
+            trained = dpo_step_flops(cfg, rows / 2, length)
+            forward = trained - dpo_step_flops(cfg, rows / 2, length, reference_forward=False)
+            return trained + 2 * forward
         sequences = rows if isinstance(batch, PackedPreferenceBatch) else 2 * rows
-        return dpo_step_flops(
-            self.policy.config,
-            sequences / 2,
-            length,
-            reference_forward=not self.config.data.precompute_reference,
-        )
+        reference = self.uses_reference and not self.config.data.precompute_reference
+        return dpo_step_flops(cfg, sequences / 2, length, reference_forward=reference)
 
     def position(self) -> dict[str, Any]:
         return {"data": self.loader.state_dict()}
@@ -111,7 +134,8 @@ class OfflinePairwiseTask(common.PreferenceTask):
             self.loader.restore(position["data"])
 
     def describe(self) -> list[str]:
-        return [format_data_stats(self.loader.dataset.stats)]
+        stats = self.loader.dataset.stats
+        return [format_unpaired_stats(stats) if self.unpaired else format_data_stats(stats)]
 
     def summary(self, history) -> dict[str, Any]:
         return {
