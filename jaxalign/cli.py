@@ -4,6 +4,7 @@ jaxalign reproduce NAME [NAME ...] [--out DIR] [--profile quick|full] [key=value
 jaxalign reproduce --all [--out DIR] [--profile quick|full]
 jaxalign reproduce --list
 jaxalign train CONFIG.yaml [key=value ...] [--resume | --overwrite] [--out DIR]
+jaxalign eval CONFIG.yaml [key=value ...] [--out DIR] [--overwrite]
 
 Errors are one line on stderr, ``jaxalign: error: …``, without a traceback (set
 ``JAXALIGN_TRACEBACK=1`` to see it). Exit codes: 0 done; 1 the run failed (non-finite
@@ -121,6 +122,34 @@ def _train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from jaxalign import eval as evaluation
+
+    rest = _Parser(prog="jaxalign eval")
+    _eval_options(rest)
+    rest.add_argument("overrides", nargs="*")
+    more = rest.parse_intermixed_args(args.rest)
+    overrides = list(more.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"expected key=value overrides after the config, got {bad[0]!r}")
+    out = more.out if more.out is not None else args.out
+    if out is not None:
+        overrides.append(f"out_dir={out}")
+    if args.overwrite or more.overwrite:
+        overrides.append("overwrite=true")
+    config = evaluation.load_eval_config(args.config, overrides)
+    evaluation.run(config)
+    print(f"wrote {Path(config.out_dir) / 'eval.json'} and {Path(config.out_dir) / 'eval.png'}")
+    return 0
+
+
+def _eval_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--out", default=None, help="output directory (overrides out_dir)")
+    parser.add_argument("--overwrite", action="store_true", help="replace eval.json / eval.png")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxalign", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         "rest", nargs=argparse.REMAINDER, help="dotted key=value overrides (and the options)"
     )
     tr.set_defaults(func=_train)
+    ev = sub.add_parser(
+        "eval",
+        help="a policy vs a reference: win rate, reward, KL, length (exact on the testbed)",
+    )
+    ev.add_argument("config", type=Path, help="YAML config, e.g. configs/eval/testbed.yaml")
+    _eval_options(ev)
+    ev.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="dotted key=value overrides (and the options)"
+    )
+    ev.set_defaults(func=_eval)
     return parser
 
 

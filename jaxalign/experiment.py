@@ -201,7 +201,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _device_info() -> dict[str, Any]:
+def device_info() -> dict[str, Any]:
     import jax
 
     devs = jax.devices()
@@ -301,7 +301,7 @@ def reproduce(
         "wall_seconds": round(wall, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
-        "device": _device_info(),
+        "device": device_info(),
     }
     paths["json"].write_text(json.dumps(meta, indent=2) + "\n")
     report = write_report(out)

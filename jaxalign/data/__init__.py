@@ -21,6 +21,7 @@
 """
 
 from jaxalign.data.config import DataConfig
+from jaxalign.data.hf_datasets import arrow_files, read_arrow
 from jaxalign.data.loader import (
     LoaderState,
     PreferenceBatch,
@@ -126,6 +127,7 @@ __all__ = [
     "UnpairedDataset",
     "UnpairedLoader",
     "UnpairedRow",
+    "arrow_files",
     "bucket_length",
     "build_preference_loader",
     "build_sft_loader",
@@ -157,6 +159,7 @@ __all__ = [
     "parse_sft_row",
     "parse_unpaired_row",
     "process_slice",
+    "read_arrow",
     "read_preference_rows",
     "read_prompts",
     "read_sft_rows",

@@ -13,8 +13,11 @@ Accepted shapes (extra keys such as ``id`` or scores are ignored):
 * mixed: a string on one side of a conversation is read as a ``user`` message
   (prompt) or an ``assistant`` message (response).
 
+Local Hugging Face ``datasets`` data (a ``save_to_disk`` directory or an ``.arrow``
+file) is read too, by :mod:`jaxalign.data.hf_datasets`, when the format is ``auto``.
+
 Every problem is a :class:`MalformedRowError` with the file and line (JSONL) or
-row (Parquet), e.g. ``data.jsonl:17: missing key 'rejected'``.
+row (Parquet, Arrow), e.g. ``data.jsonl:17: missing key 'rejected'``.
 """
 
 from __future__ import annotations
@@ -139,10 +142,24 @@ def detect_format(path: Path, fmt: str) -> str:
         return "jsonl"
     if suffix in (".parquet", ".pq"):
         return "parquet"
+    if suffix == ".arrow":  # a datasets shard (Arrow IPC)
+        return "arrow"
     raise ValueError(
         f"cannot tell the format of {str(path)!r} from its suffix {suffix!r}; expected "
-        ".jsonl or .parquet, or set format='jsonl'/'parquet'"
+        ".jsonl, .parquet or .arrow (or a datasets save_to_disk directory), or set "
+        "format='jsonl'/'parquet'"
     )
+
+
+def row_reader(kind: str):
+    """The ``(location, raw row)`` reader of a format from :func:`detect_format`."""
+    if kind == "jsonl":
+        return read_jsonl
+    if kind == "arrow":
+        from jaxalign.data.hf_datasets import read_arrow
+
+        return read_arrow
+    return read_parquet
 
 
 def dataset_files(path: str | Path, fmt: str = "auto") -> list[Path]:
@@ -150,6 +167,11 @@ def dataset_files(path: str | Path, fmt: str = "auto") -> list[Path]:
     if not str(path):
         raise ValueError("dataset path is empty; set the data path to a JSONL or Parquet file")
     p = Path(path)
+    if fmt == "auto":
+        from jaxalign.data import hf_datasets
+
+        if hf_datasets.is_hf_dataset_dir(p):
+            return hf_datasets.arrow_files(p)
     if p.is_dir():
         suffixes = {
             "auto": (".jsonl", ".ndjson", ".parquet", ".pq"),
@@ -247,9 +269,7 @@ def read_preference_rows(
     if fmt not in ("auto", "jsonl", "parquet"):
         raise ValueError(f"format must be 'auto', 'jsonl' or 'parquet', got {fmt!r}")
     for file in dataset_files(path, fmt):
-        kind = detect_format(file, fmt)
-        reader = read_jsonl if kind == "jsonl" else read_parquet
-        for where, raw in reader(file):
+        for where, raw in row_reader(detect_format(file, fmt))(file):
             if isinstance(raw, MalformedRowError):
                 yield where, MalformedRowError(f"{where}: {raw}")
                 continue
@@ -267,4 +287,5 @@ __all__ = [
     "dataset_files",
     "parse_preference_row",
     "read_preference_rows",
+    "row_reader",
 ]

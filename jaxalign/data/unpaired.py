@@ -45,8 +45,7 @@ from jaxalign.data.preference import (
     dataset_files,
     detect_format,
     parse_preference_row,
-    read_jsonl,
-    read_parquet,
+    row_reader,
 )
 from jaxalign.data.synthetic import PROMPT_PREFIX, TINY_RULES, TINY_WORDS
 from jaxalign.data.tokenize import TokenizedPair, tokenize_preference_row
@@ -118,7 +117,7 @@ def read_unpaired_rows(
     if fmt not in ("auto", "jsonl", "parquet"):
         raise ValueError(f"format must be 'auto', 'jsonl' or 'parquet', got {fmt!r}")
     for file in dataset_files(path, fmt):
-        reader = read_jsonl if detect_format(file, fmt) == "jsonl" else read_parquet
+        reader = row_reader(detect_format(file, fmt))
         for where, raw in reader(file):
             if isinstance(raw, MalformedRowError):
                 yield where, MalformedRowError(f"{where}: {raw}")

@@ -8,6 +8,8 @@
   :func:`dpo_loss` is its instance with the reference as anchor, logistic distance).
 * :func:`kl_regularized_pg_loss` — REINFORCE with leave-one-out / group baselines and the
   k1/k2/k3 KL estimators; :func:`best_of_n_select`.
+* :func:`clipped_pg_loss` — its clipped importance-ratio form for several epochs per batch
+  (PPO/GRPO clip, DAPO's asymmetric bounds, GSPO's sequence ratio, Dr. GRPO aggregation).
 * :func:`simpo_loss`, :func:`orpo_loss` (reference-free, length-normalised), :func:`rpo_loss`
   (DPO + NLL) and :func:`kto_loss` (unpaired data, batch KL reference point).
 * :mod:`jaxalign.losses.label_noise` — DPO / cDPO / robust DPO under label flips: population
@@ -18,6 +20,7 @@
 """
 
 from jaxalign.losses import entanglement, label_noise, ranking
+from jaxalign.losses.clipped_pg import ClippedPGOutput, batch_advantages, clipped_pg_loss
 from jaxalign.losses.dpo import DPOOutput, dpo_loss, dpo_pair_loss
 from jaxalign.losses.entanglement import (
     Entanglement,
@@ -65,6 +68,7 @@ from jaxalign.losses.simpo import simpo_loss
 
 __all__ = [
     "Anchor",
+    "ClippedPGOutput",
     "DPOOutput",
     "Entanglement",
     "KTOOutput",
@@ -74,7 +78,9 @@ __all__ = [
     "RPOOutput",
     "advantages",
     "anchored_log_ratio",
+    "batch_advantages",
     "best_of_n_select",
+    "clipped_pg_loss",
     "dpo_loss",
     "dpo_pair_loss",
     "egpo_loss",

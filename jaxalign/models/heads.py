@@ -219,6 +219,7 @@ def preference_model_from_pretrained(
     mesh: jax.sharding.Mesh | None = None,
     rules: LogicalRules | None = None,
     key: jax.Array | None = None,
+    config_overrides: dict | None = None,
 ) -> PreferenceModel:
     """Loads a directory written by ``save_pretrained(preference_model, path)``.
 
@@ -235,6 +236,8 @@ def preference_model_from_pretrained(
         required when it does not.
       dtype, param_dtype, mesh, rules: as in :func:`~jaxalign.models.from_pretrained`.
       key: initialises the heads that are absent from the checkpoint.
+      config_overrides: the "how to compute" fields of :class:`ModelConfig` a checkpoint
+        does not fix (remat, attention, …), as in :func:`reward_model_from_pretrained`.
 
     Raises:
       ValueError: rank missing or inconsistent, heads absent without ``key``, or any
@@ -272,6 +275,7 @@ def preference_model_from_pretrained(
         fresh=(lambda name: name.startswith(("reward.", "embedding."))) if fresh_heads else None,
         key=key,
         ignore=lambda name: fresh_heads and name in ("lm_head.weight", "score.weight"),
+        config_overrides=config_overrides,
         rank=rank,
     )
 

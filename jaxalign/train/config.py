@@ -162,6 +162,8 @@ NASH_ALGORITHMS = games_algorithms.NASH_ALGORITHMS  # online
 POLICY_GRADIENT_ALGORITHMS = ("kl_pg",)  # online, against a reward
 SFT_ALGORITHMS = ("sft",)  # supervised fine-tuning on prompt/completion or chat rows
 REWARD_MODEL_ALGORITHMS = ("reward_model",)  # Bradley–Terry reward model on preference pairs
+# general (antisymmetric, possibly cyclic) pairwise preference model on labelled pairs
+PREFERENCE_MODEL_ALGORITHMS = ("preference_model",)
 ALGORITHMS = (
     *OFFLINE_ALGORITHMS,
     *MULTIOBJECTIVE_ALGORITHMS,
@@ -169,6 +171,7 @@ ALGORITHMS = (
     *POLICY_GRADIENT_ALGORITHMS,
     *SFT_ALGORITHMS,
     *REWARD_MODEL_ALGORITHMS,
+    *PREFERENCE_MODEL_ALGORITHMS,
 )
 
 # The hyperparameters each algorithm reads; the others must keep their defaults.
@@ -188,9 +191,13 @@ _ALGORITHM_FIELDS = {
     "egpo": ("step_size", "tau"),
     "nash_md": ("step_size", "tau", "mixture"),
     "sppo": ("step_size",),
-    "kl_pg": ("beta", "group_size", "baseline", "estimator", "kl_mode", "normalise"),
+    "kl_pg": (
+        *("beta", "group_size", "baseline", "estimator", "kl_mode", "normalise"),
+        *("ppo_epochs", "clip_low", "clip_high", "ratio_level", "loss_aggregation"),  # clipped
+    ),
     "sft": (),
     "reward_model": ("margin", "center_weight"),
+    "preference_model": ("rank",),
 }
 
 # Within multiobjective_dpo: the fields each aggregator reads (the keys are
@@ -246,7 +253,12 @@ class AlgorithmConfig:
       :mod:`jaxalign.train.tasks.sft`;
     * ``reward_model``: a scalar head on the causal-LM trunk fitted to preference pairs
       with the Bradley–Terry loss ``−log σ(r_w − r_l − m) + λ·(r_w + r_l)²``, m =
-      ``margin``, λ = ``center_weight``; see :mod:`jaxalign.train.tasks.reward_model`.
+      ``margin``, λ = ``center_weight``; see :mod:`jaxalign.train.tasks.reward_model`;
+    * ``preference_model``: the antisymmetric pairwise head (scalar score + ``rank`` skew
+      pairs) on the causal-LM trunk fitted to labelled pairs in both orders with the
+      cross-entropy ``−y log P̂(a ≻ b) − (1 − y) log P̂(b ≻ a)``, on preference files or
+      (``testbed.enabled``) on the testbed's exact preference; see
+      :mod:`jaxalign.train.tasks.preference_model`.
 
     A field the chosen algorithm does not read must keep its default (a set ``tau`` with
     ``name: dpo`` is an error rather than silently ignored); within ``multiobjective_dpo``
@@ -256,7 +268,7 @@ class AlgorithmConfig:
     name: Literal[
         "dpo", "ipo", "robust_dpo", "rpo", "simpo", "orpo", "kto", "multiobjective_dpo",
         "inpo", "onpo", "online_ipo", "mnpo", "egpo", "nash_md", "sppo", "kl_pg", "sft",
-        "reward_model",
+        "reward_model", "preference_model",
     ] = "dpo"  # fmt: skip
     # dpo, robust_dpo, rpo, simpo, kto, multiobjective_dpo: logistic scale β > 0 (SimPO's
     # paper uses 2 – 2.5); kl_pg: KL coefficient β ≥ 0
@@ -284,8 +296,19 @@ class AlgorithmConfig:
     estimator: Literal["k1", "k2", "k3"] = "k2"  # kl_pg: KL estimator of the loss term
     kl_mode: Literal["loss", "reward"] = "loss"  # kl_pg: KL as a loss term or reward penalty
     normalise: bool = False  # kl_pg: divide group-mean advantages by the group std (GRPO)
+    # kl_pg, clipped surrogate (jaxalign.losses.clipped_pg; PPO/GRPO/DAPO/GSPO/Dr. GRPO):
+    ppo_epochs: int = 1  # optimizer steps per sampled batch (1 and no clip = plain REINFORCE)
+    clip_low: float | None = None  # ε_low ∈ (0, 1): ratios below 1 − ε_low clipped; null = none
+    clip_high: float | None = None  # ε_high > 0 (DAPO: > ε_low): above 1 + ε_high clipped
+    ratio_level: Literal["token", "sequence"] = "token"  # per-token (PPO) or GSPO's sequence
+    # token_sum: Σ_it ℓ / B (Dr. GRPO, REINFORCE's); sequence_mean: mean_i (Σ_t ℓ / |y_i|)
+    # (GRPO); token_mean: Σ_it ℓ / Σ|y_i| (DAPO)
+    loss_aggregation: Literal["token_sum", "sequence_mean", "token_mean"] = "token_sum"
     margin: float = 0.0  # reward_model: m >= 0, the loss is −log σ(r_w − r_l − m)
     center_weight: float = 0.0  # reward_model: λ >= 0 of the centering term λ·(r_w + r_l)²
+    # preference_model: k >= 0 skew pairs of the logit Σ_j (v_2j(a) v_2j+1(b) − v_2j+1(a) v_2j(b))
+    # (k = 0: a Bradley–Terry model; k >= 1 can express cyclic preferences)
+    rank: int = 2
 
     def __post_init__(self):
         if not self.beta >= 0 or (self.name != "kl_pg" and not self.beta > 0):
@@ -322,6 +345,8 @@ class AlgorithmConfig:
                  "<= 1 (the anchor weight 1 − s·τ must be >= 0)")  # fmt: skip
         if self.num_players < 2:
             _bad("num_players", self.num_players, ">= 2")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            _bad("rank", self.rank, "an integer >= 0")
         if self.opponent_weights is not None:
             w = tuple(self.opponent_weights)
             object.__setattr__(self, "opponent_weights", w)
@@ -330,6 +355,14 @@ class AlgorithmConfig:
                      f"{self.num_players - 1} non-negative weights summing to 1")  # fmt: skip
         if self.group_size < 1 or (self.baseline != "none" and self.group_size < 2):
             _bad("group_size", self.group_size, ">= 2 with a baseline (>= 1 without)")
+        if isinstance(self.ppo_epochs, bool) or not (
+            isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1
+        ):
+            _bad("ppo_epochs", self.ppo_epochs, "an integer >= 1")
+        if self.clip_low is not None and not 0 < self.clip_low < 1:
+            _bad("clip_low", self.clip_low, "a number in (0, 1) or null (no lower clip)")
+        if self.clip_high is not None and not self.clip_high > 0:
+            _bad("clip_high", self.clip_high, "a number > 0 or null (no upper clip)")
         used = _ALGORITHM_FIELDS[self.name]
         for field in dataclasses.fields(self):
             if field.name == "name" or field.name in used:
@@ -571,6 +604,8 @@ class TrainConfig:
             return "sft"
         if name in REWARD_MODEL_ALGORITHMS:
             return "reward_model"
+        if name in PREFERENCE_MODEL_ALGORITHMS:
+            return "preference_model"
         if name in MULTIOBJECTIVE_ALGORITHMS:
             return "multiobjective"
         if name in POLICY_GRADIENT_ALGORITHMS:
@@ -592,14 +627,17 @@ class TrainConfig:
         kind = self.task_kind
         if kind in ("sft", "reward_model"):
             self._check_supervised_data()
+        elif kind == "preference_model":
+            self._check_preference_model()
         elif kind in ("offline", "multiobjective"):
             self._check_preference_data()
         else:
             self._check_online()
-        if self.data.eval_path and kind not in ("sft", "reward_model"):
+        if self.data.eval_path and kind not in ("sft", "reward_model", "preference_model"):
             raise ValueError(
                 f"data.eval_path={self.data.eval_path!r} is only read by algorithm.name=sft / "
-                f"reward_model; {self.algorithm.name} has no held-out evaluation: remove it"
+                f"reward_model / preference_model; {self.algorithm.name} has no held-out "
+                "evaluation: remove it"
             )
 
     def _check_supervised_data(self) -> None:
@@ -624,9 +662,46 @@ class TrainConfig:
             _bad("data.paths", list(data.paths), f"[] ({name} reads one dataset: data.path)")
         if data.share_prompt:
             _bad("data.share_prompt", True, f"false: {name} rows have no pair of responses")
-        if name == "reward_model" and data.packing:
-            _bad("data.packing", True, "false for reward_model (padded pairs, read at the "
+        if name in ("reward_model", "preference_model") and data.packing:
+            _bad("data.packing", True, f"false for {name} (padded pairs, read at the "
                  "last real token as HF *ForSequenceClassification does)")  # fmt: skip
+
+    def _check_preference_model(self) -> None:
+        """preference_model: preference files (as reward_model), or with
+        ``testbed.enabled`` pairs of testbed responses labelled by its exact preference."""
+        if not self.testbed.enabled:
+            if self.oracle.kind != "testbed" or self.oracle.sample:
+                raise ValueError(
+                    "oracle.kind / oracle.sample label testbed pairs (testbed.enabled=true); "
+                    "preference_model on data.path reads its labels from the file: leave the "
+                    "oracle section at its defaults"
+                )
+            self._check_supervised_data()
+            return
+        if self.init.pretrained:
+            _bad("init.pretrained", self.init.pretrained, '"" with testbed.enabled=true')
+        if self.model.vocab_size != self.testbed.alphabet_size:
+            raise ValueError(
+                f"model.vocab_size={self.model.vocab_size} must equal "
+                f"testbed.alphabet_size={self.testbed.alphabet_size} with testbed.enabled=true"
+            )
+        for key, value in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path)):
+            if value:
+                _bad(key, value, '"" with testbed.enabled=true (pairs come from the testbed)')
+        if self.oracle.kind != "testbed":
+            _bad("oracle.kind", self.oracle.kind,
+                 "testbed (preference_model learns the exact testbed preference)")  # fmt: skip
+        if self.logging.kl_ref:
+            raise ValueError(
+                "logging.kl_ref=true needs a reference model, which preference_model never "
+                "builds; set logging.kl_ref=false"
+            )
+        accum = self.optimizer.grad_accum_steps
+        if self.data.batch_size % accum:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} must be divisible by "
+                f"optimizer.grad_accum_steps={accum}"
+            )
 
     def _check_preference_data(self) -> None:
         accum = self.optimizer.grad_accum_steps
@@ -773,6 +848,7 @@ __all__ = [
     "NASH_ALGORITHMS",
     "OFFLINE_ALGORITHMS",
     "POLICY_GRADIENT_ALGORITHMS",
+    "PREFERENCE_MODEL_ALGORITHMS",
     "REFERENCE_FREE_ALGORITHMS",
     "REWARD_MODEL_ALGORITHMS",
     "SFT_ALGORITHMS",

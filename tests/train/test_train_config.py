@@ -39,7 +39,7 @@ def test_unknown_key_names_the_key_the_value_and_the_nearest_key():
         (
             "algorithm.name=dpp",
             r"not one of \['dpo', 'ipo', 'robust_dpo', 'rpo', 'simpo', 'orpo', 'kto', "
-            r"'multiobjective_dpo', 'inpo', .*'kl_pg', 'sft', 'reward_model'\] "
+            r"'multiobjective_dpo', 'inpo', .*'kl_pg', 'sft', 'reward_model', 'preference_model'\] "
             r"\(did you mean 'dpo'\?\)",
         ),
         ("schedule.kind=cosin", r"did you mean 'cosine'"),

@@ -10,14 +10,18 @@
   policy gradient;
 * :class:`~jaxalign.train.tasks.sft.SFTTask` — supervised fine-tuning (completion tokens);
 * :class:`~jaxalign.train.tasks.reward_model.RewardModelTask` — a Bradley–Terry reward model
-  (scalar head on the causal-LM trunk), exported as ``*ForSequenceClassification``.
+  (scalar head on the causal-LM trunk), exported as ``*ForSequenceClassification``;
+* :class:`~jaxalign.train.tasks.preference_model.PreferenceModelTask` — a general
+  (antisymmetric, possibly cyclic) pairwise preference model on labelled pairs, exported in
+  the format ``oracle.kind: preference_model`` loads.
 """
 
 from __future__ import annotations
 
 from jaxalign.train.tasks.base import RunContext, Task, sharded_init
 
-TASK_KINDS = ("offline", "multiobjective", "nash", "policy_gradient", "sft", "reward_model")
+TASK_KINDS = ("offline", "multiobjective", "nash", "policy_gradient", "sft", "reward_model",
+              "preference_model")  # fmt: skip
 
 
 def make_task(ctx: RunContext) -> Task:
@@ -39,6 +43,10 @@ def make_task(ctx: RunContext) -> Task:
         from jaxalign.train.tasks.reward_model import RewardModelTask
 
         return RewardModelTask(ctx)
+    if kind == "preference_model":
+        from jaxalign.train.tasks.preference_model import PreferenceModelTask
+
+        return PreferenceModelTask(ctx)
     if kind == "nash":
         from jaxalign.train.tasks.nash import NashTask
 

@@ -110,9 +110,13 @@ class OnlineSetup:
             self.exact = TestbedModel(testbed, self.graphdef)
         if oracle is not None:  # a caller's own judge (e.g. an uninformative one in a test)
             self.oracle = oracle
-        elif config.testbed_mode:
+        elif config.testbed_mode and (
+            config.oracle.kind == "testbed" or config.algorithm.name == "kl_pg"
+        ):
             self.oracle = oracles.testbed_oracle(testbed, self.game, sample=config.oracle.sample)
         elif config.algorithm.name != "kl_pg":
+            # a learned judge (oracle.path); on the testbed the iterates are still scored
+            # exactly on the true game (self.game)
             self.oracle = build_oracle(ctx)
         else:
             self.oracle = None

@@ -17,11 +17,23 @@ One engine step (``B`` prompts, ``G = group_size`` responses each, one optimizer
    or group-mean baseline; the KL as a reward penalty (k1) or a loss term with the
    k1/k2/k3 estimator; only k2 as a loss term has gradient ∇KL(π‖π_ref)).
 
+With the clipped surrogate switched on (``ppo_epochs > 1``, a ``clip_low``/``clip_high``
+bound, ``ratio_level: sequence`` or another ``loss_aggregation``), step 3 becomes
+``ppo_epochs`` AdamW steps on :func:`jaxalign.losses.clipped_pg_loss` over the *same*
+samples (one ``lax.scan``; the sampler runs once per batch): the advantages and π_old's
+log-probs are computed once, before the first epoch, and each epoch clips the importance
+ratio π_θ/π_old (PPO/GRPO; DAPO's asymmetric bounds; GSPO's sequence ratio; Dr. GRPO's
+token-sum aggregation). Epoch 1 at π_θ = π_old without clipping has the REINFORCE gradient.
+After the first epoch the samples are off-policy for the KL estimator of the loss term, as in
+GRPO.
+
 The optimizer state persists across steps (one continuous optimisation, unlike the
 per-iteration fits of the Nash algorithms).
 
 References:
-  Williams 1992 (REINFORCE); Ahmadian et al. 2024 (RLOO); Shao et al. 2024 (GRPO).
+  Williams 1992 (REINFORCE); Ahmadian et al. 2024 (RLOO); Shao et al. 2024 (GRPO);
+  Schulman et al. 2017 (PPO); Yu et al. 2025 (DAPO); Zheng et al. 2025 (GSPO); Liu et al.
+  2025 (Dr. GRPO).
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from jaxalign.kl import kl_divergence
-from jaxalign.losses import kl_regularized_pg_loss
+from jaxalign.losses import batch_advantages, clipped_pg_loss, kl_regularized_pg_loss
 from jaxalign.models import reward_model_from_pretrained, rewards
 from jaxalign.parallel import batch_sharding
 from jaxalign.train.oracles import Responses
@@ -77,6 +89,22 @@ class PGSettings:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
+    ppo_epochs: int = 1  # optimizer steps per sampled batch
+    clip_low: float | None = None  # ε_low: ratios below 1 − ε_low are clipped
+    clip_high: float | None = None  # ε_high: ratios above 1 + ε_high are clipped
+    ratio_level: str = "token"  # "token" (PPO) or "sequence" (GSPO)
+    loss_aggregation: str = "token_sum"  # "token_sum", "sequence_mean" or "token_mean"
+
+    @property
+    def clipped(self) -> bool:
+        """Whether the step runs the clipped-ratio epochs (else plain REINFORCE, unchanged)."""
+        return (
+            self.ppo_epochs > 1
+            or self.clip_low is not None
+            or self.clip_high is not None
+            or self.ratio_level != "token"
+            or self.loss_aggregation != "token_sum"
+        )
 
     def optimizer(self) -> optax.GradientTransformation:
         chain = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm else []
@@ -105,6 +133,8 @@ class PGStep:
         reward = jnp.asarray(self.reward(frozen["reward"], r), jnp.float32) * batch.reward_scale
         ref_logp = jax.lax.stop_gradient(self.sampler.token_logp(frozen["reference"], r))
         mask = r.response_mask.astype(jnp.float32)
+        if c.clipped:
+            return self._clipped_epochs(state, r, reward, ref_logp, mask)
 
         def loss_fn(p):
             out = kl_regularized_pg_loss(
@@ -126,6 +156,59 @@ class PGStep:
             "reward_std": jnp.std(reward),
             "grad_norm": optax.tree.norm(grads),
             "update_norm": optax.tree.norm(updates),
+            "param_norm": optax.tree.norm(params),
+            "response_length": jnp.mean(jnp.sum(mask, axis=1)),
+        }
+        return PGState(params, opt_state), metrics
+
+    def _clipped_epochs(self, state: PGState, r: Responses, reward, ref_logp, mask):
+        """``ppo_epochs`` AdamW steps of the clipped surrogate on one sampled batch."""
+        c = self.settings
+        old_logp = jax.lax.stop_gradient(self.sampler.token_logp(state.params, r))
+        adv, _ = batch_advantages(
+            reward, old_logp, ref_logp, mask, beta=c.beta, group_size=c.group_size,
+            baseline=c.baseline, kl_mode=c.kl_mode, normalise=c.normalise,
+        )  # fmt: skip
+        kl_in_loss = c.kl_mode == "loss"
+
+        def loss_fn(p):
+            out = clipped_pg_loss(
+                self.sampler.token_logp(p, r), old_logp, ref_logp, mask, adv, beta=c.beta,
+                clip_low=c.clip_low, clip_high=c.clip_high, ratio_level=c.ratio_level,
+                loss_aggregation=c.loss_aggregation,
+                estimator=c.estimator if kl_in_loss else "k1", kl_in_loss=kl_in_loss,
+            )  # fmt: skip
+            return out.loss, out
+
+        def epoch(carry, _):
+            params, opt_state = carry
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = self.tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            m = {
+                "loss": loss,
+                "pg_loss": out.pg_loss,
+                "kl_estimate": out.kl,
+                "clip_fraction": out.clip_fraction,
+                "ratio_mean": out.ratio_mean,
+                "grad_norm": optax.tree.norm(grads),
+                "update_norm": optax.tree.norm(updates),
+            }
+            return (params, opt_state), m
+
+        (params, opt_state), per_epoch = jax.lax.scan(
+            epoch, (state.params, state.opt_state), None, length=c.ppo_epochs
+        )
+        # Loss, KL and gradient norm at the sampling policy (epoch 1, comparable with plain
+        # REINFORCE); clipping and ratio statistics averaged over the epochs.
+        metrics = {k: per_epoch[k][0] for k in ("loss", "pg_loss", "kl_estimate", "grad_norm")}
+        metrics |= {
+            "clip_fraction": jnp.mean(per_epoch["clip_fraction"]),
+            "ratio_mean": jnp.mean(per_epoch["ratio_mean"]),
+            "update_norm": jnp.mean(per_epoch["update_norm"]),
+            "reward_mean": jnp.mean(reward),
+            "reward_std": jnp.std(reward),
             "param_norm": optax.tree.norm(params),
             "response_length": jnp.mean(jnp.sum(mask, axis=1)),
         }
@@ -161,7 +244,9 @@ def pg_settings(config) -> PGSettings:
     return PGSettings(
         batch_size=o.batch_size, group_size=a.group_size, learning_rate=o.learning_rate,
         beta=a.beta, baseline=a.baseline, estimator=a.estimator, kl_mode=a.kl_mode,
-        normalise=a.normalise, adam_eps=o.adam_eps,
+        normalise=a.normalise, adam_eps=o.adam_eps, ppo_epochs=a.ppo_epochs,
+        clip_low=a.clip_low, clip_high=a.clip_high, ratio_level=a.ratio_level,
+        loss_aggregation=a.loss_aggregation,
     )  # fmt: skip
 
 
