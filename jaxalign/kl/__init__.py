@@ -5,6 +5,8 @@ All functions take one instance (``[K]`` log-probabilities and rewards) and are
 jittable and vmappable; sequence-level functions (``sequence_reward_law``,
 ``best_of_n_sequence``) run a jitted core after a host-side lattice check.
 The LSC reward transform and its AND-combination: :mod:`jaxalign.kl.reward_transforms`.
+The win-rate–KL frontier of a preference and the online/offline IPO targets:
+:mod:`jaxalign.kl.frontier`.
 """
 
 from jaxalign.kl.asymptotics import (
@@ -24,6 +26,16 @@ from jaxalign.kl.best_of_n import (
     best_of_n_policy,
     best_of_n_win_rate,
     reward_cdf,
+)
+from jaxalign.kl.frontier import (
+    WinRateKL,
+    frontier_gap,
+    implicit_reward_accuracy,
+    ipo_population_loss,
+    offline_ipo_target,
+    preference_calibrated_reward,
+    preference_win_rate,
+    win_rate_frontier,
 )
 from jaxalign.kl.infalign import (
     CalibratedSpacePoint,
@@ -68,6 +80,7 @@ __all__ = [
     "InferenceOptimum",
     "RewardKL",
     "TunedTransform",
+    "WinRateKL",
     "and_combination",
     "best_of_n_kl",
     "best_of_n_kl_bound",
@@ -81,12 +94,15 @@ __all__ = [
     "calibrated_space_win_rate",
     "empirical_reference_reward",
     "expected_reward",
+    "frontier_gap",
     "gaussian_reference_reward",
     "good_posterior",
+    "implicit_reward_accuracy",
     "inference_optimal_policy",
     "inference_time_policy",
     "inference_win_rate",
     "inference_win_rate_gradient",
+    "ipo_population_loss",
     "kl_constrained_policy",
     "kl_divergence",
     "kl_rl_reward_per_token",
@@ -96,6 +112,9 @@ __all__ = [
     "lsc_reward",
     "lsc_transform",
     "max_kl",
+    "offline_ipo_target",
+    "preference_calibrated_reward",
+    "preference_win_rate",
     "rate_function",
     "reference_reward",
     "reward_and_kl",
@@ -108,5 +127,6 @@ __all__ = [
     "tilted_policy",
     "tune_transform",
     "win_rate",
+    "win_rate_frontier",
     "worst_of_n_policy",
 ]

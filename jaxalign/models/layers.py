@@ -182,6 +182,14 @@ class Dense(nnx.Module):
         kernel = self.kernel[...].astype(self.dtype)
         # In the compute dtype; accelerators accumulate bf16 products in float32.
         y = jnp.tensordot(x.astype(self.dtype), kernel, axes=self.n_in)
+        # LoRA (jaxalign.models.lora): adapters exist only on adapted projections, so the
+        # plain model's graph and computation are untouched.
+        lora_a = getattr(self, "lora_a", None)
+        if lora_a is not None:
+            a = lora_a[...].astype(self.dtype)
+            b = self.lora_b[...].astype(self.dtype)
+            low = jnp.tensordot(x.astype(self.dtype), a, axes=self.n_in)
+            y = y + jnp.tensordot(low, b, axes=1) * jnp.asarray(self.lora_scale, self.dtype)
         if self.bias is not None:
             bias = self.bias[...].astype(self.dtype)
             y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)

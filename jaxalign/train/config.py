@@ -21,6 +21,7 @@ from jaxalign.data import DataConfig
 from jaxalign.data.synthetic import TINY_RULES
 from jaxalign.games import algorithms as games_algorithms
 from jaxalign.models import ModelConfig
+from jaxalign.models.lora import LoRAConfig
 from jaxalign.parallel import DistributedConfig, MeshConfig
 
 
@@ -593,6 +594,9 @@ class TrainConfig:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     debug: DebugConfig = dataclasses.field(default_factory=DebugConfig)
+    # Low-rank adapters (``lora.rank=N`` switches them on); None = train every weight.
+    # Parsed in __post_init__ (a LoRAConfig | None) so its errors name the bad key.
+    lora: Any = None
 
     @property
     def task_kind(self) -> str:
@@ -624,7 +628,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.run.resume and not self.checkpoint.enabled:
             raise ValueError("run.resume=true needs checkpoint.enabled=true")
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            if not isinstance(self.lora, dict):
+                _bad("lora", self.lora, "a mapping {rank, alpha, dropout, targets} or null")
+            object.__setattr__(self, "lora", from_dict(LoRAConfig, self.lora, _where="lora"))
         kind = self.task_kind
+        if self.lora is not None:
+            self._check_lora()
         if kind in ("sft", "reward_model"):
             self._check_supervised_data()
         elif kind == "preference_model":
@@ -638,6 +648,20 @@ class TrainConfig:
                 f"data.eval_path={self.data.eval_path!r} is only read by algorithm.name=sft / "
                 f"reward_model / preference_model; {self.algorithm.name} has no held-out "
                 "evaluation: remove it"
+            )
+
+    def _check_lora(self) -> None:
+        """LoRA is wired into the offline preference task (DPO, IPO, …, KTO) only."""
+        if self.task_kind != "offline":
+            raise ValueError(
+                f"lora={{rank: {self.lora.rank}, ...}} is supported by the offline preference "
+                f"losses ({', '.join(OFFLINE_ALGORITHMS)}) on text data only; "
+                f"algorithm.name={self.algorithm.name!r} (task {self.task_kind!r}) cannot "
+                "train adapters yet: remove the lora section"
+            )
+        if self.lora.dropout > 0:
+            raise ValueError(
+                f"lora.dropout={self.lora.dropout} is not implemented in training yet; expected 0"
             )
 
     def _check_supervised_data(self) -> None:

@@ -201,6 +201,19 @@ def _token_counts(scored, batch, sides: int) -> jax.Array:
     return ones.sum(axis=-1)
 
 
+def _policy_model(graphdef, params, reference, base_graphdef):
+    """The policy: ``params`` alone, or with LoRA (``base_graphdef`` given) the adapters
+    ``params`` on the frozen base weights ``reference``."""
+    if base_graphdef is None:
+        return nnx.merge(graphdef, params)
+    return nnx.merge(graphdef, params, reference)
+
+
+def _reference_model(graphdef, reference, base_graphdef):
+    """π_ref: the frozen parameters; with LoRA the base graph (adapters off) on them."""
+    return nnx.merge(graphdef if base_graphdef is None else base_graphdef, reference)
+
+
 def _microbatch_sums(
     params,
     reference,
@@ -211,9 +224,10 @@ def _microbatch_sums(
     kl_metric: bool = True,
     uses_reference: bool = True,
     extras: tuple[str, ...] = (),
+    base_graphdef=None,
 ):
     """Summed (over real pairs) loss and metric sums of one micro-batch."""
-    policy = nnx.merge(graphdef, params)
+    policy = _policy_model(graphdef, params, reference, base_graphdef)
     b = batch.example_mask.shape[0]
     seq, hidden, scored = _forward(policy, batch, 2 * b)
     counts = _token_counts(scored, batch, 2 * b)
@@ -225,7 +239,7 @@ def _microbatch_sums(
         # Fenced off from the policy's computation so XLA compiles it exactly as the
         # standalone reference_sequence_logprobs: precomputed values give the same bits.
         ref_params, ref_batch = jax.lax.optimization_barrier((reference, batch))
-        ref = nnx.merge(graphdef, ref_params)
+        ref = _reference_model(graphdef, ref_params, base_graphdef)
         ref_out = jax.lax.stop_gradient(_forward(ref, ref_batch, 2 * b))
         ref_forward, ref_hidden, _ = jax.lax.optimization_barrier(ref_out)
         if not precomputed:
@@ -251,24 +265,26 @@ def _microbatch_sums(
     for name in extras:
         sums[name] = jnp.sum(w * jax.lax.stop_gradient(more[name]))
     if kl_metric:
-        ref = nnx.merge(graphdef, reference)
+        ref = _reference_model(graphdef, reference, base_graphdef)
         kl_seq = _sequence_kl(policy, ref, hidden, ref_hidden, scored, batch, 2 * b)
         sums["kl_ref"] = jnp.sum(w2 * kl_seq)
     return sums["loss"], sums
 
 
-def _kto_microbatch_sums(params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True):
+def _kto_microbatch_sums(
+    params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True, base_graphdef=None
+):
     """KTO's summed loss and metric sums of one micro-batch of an :class:`UnpairedBatch`.
 
     The completions run with gradients; the mismatched sequences only feed the detached
     reference point z₀, so the policy sees them through ``stop_gradient`` (no backward pass).
     """
-    policy = nnx.merge(graphdef, params)
-    ref = nnx.merge(graphdef, reference)
+    policy = _policy_model(graphdef, params, reference, base_graphdef)
+    ref = _reference_model(graphdef, reference, base_graphdef)
     own = (batch.input_ids, batch.attention_mask, batch.loss_mask)
     mismatched = (batch.kl_input_ids, batch.kl_attention_mask, batch.kl_loss_mask)
     logp, hidden, scored = _padded_forward(policy, *own)
-    frozen_policy = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+    frozen_policy = _policy_model(graphdef, jax.lax.stop_gradient(params), reference, base_graphdef)
     kl_logp, _, _ = _padded_forward(frozen_policy, *mismatched)
     ref_logp, ref_hidden, _ = jax.lax.stop_gradient(_padded_forward(ref, *own))
     ref_kl_logp, _, _ = jax.lax.stop_gradient(_padded_forward(ref, *mismatched))
@@ -312,6 +328,7 @@ def preference_gradient(
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
     kl_metric: bool = True,
+    base_graphdef: nnx.GraphDef | None = None,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """Gradient of the batch-mean preference loss and the batch-mean metrics (steps 1-2).
 
@@ -320,6 +337,11 @@ def preference_gradient(
     :func:`preference_train_step` and the multi-objective step
     (:func:`jaxalign.train.multiobjective.multiobjective_train_step`), which maps it
     over its objectives.
+
+    With LoRA (``base_graphdef``: the model's graph without adapters) ``params`` are the
+    adapters only and ``reference`` the frozen base weights: the policy is the adapted
+    model on them, π_ref the base model (adapters off) — one copy of the weights, and a
+    gradient for the adapters alone.
 
     Returns:
         ``(grads, metrics)``: a gradient shaped like ``params`` and the means of
@@ -335,7 +357,11 @@ def preference_gradient(
         loss_fn = functools.partial(kto_loss, beta=beta, desirable_weight=desirable_weight,
                                     undesirable_weight=undesirable_weight)  # fmt: skip
         sums_fn = functools.partial(
-            _kto_microbatch_sums, graphdef=graphdef, loss_fn=loss_fn, kl_metric=kl_metric
+            _kto_microbatch_sums,
+            graphdef=graphdef,
+            loss_fn=loss_fn,
+            kl_metric=kl_metric,
+            base_graphdef=base_graphdef,
         )
     else:
         loss_fn = functools.partial(
@@ -356,6 +382,7 @@ def preference_gradient(
             kl_metric=kl_metric,
             uses_reference=algorithm not in REFERENCE_FREE_LOSSES,
             extras=_EXTRA_METRICS.get(algorithm, ()),
+            base_graphdef=base_graphdef,
         )
     summed = _metric_names(algorithm, kl_metric)
     grad_fn = jax.grad(sums_fn, has_aux=True)
@@ -421,6 +448,7 @@ def preference_train_step(
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
     kl_metric: bool = True,
+    base_graphdef: nnx.GraphDef | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of an offline preference loss (pure; jit it with donation of ``state``).
 
@@ -447,6 +475,10 @@ def preference_train_step(
         kl_metric: compute the ``kl_ref`` metric (a forward pass of the reference and a
             second pass over the vocabulary; needs the reference in the step even when
             its log-probs come precomputed with the batch).
+        base_graphdef: LoRA: the graph of the model without adapters; ``state.params``
+            are then the adapters (the only arrays with optimizer state) and ``reference``
+            the frozen base weights, π_ref = the base with adapters off (see
+            :func:`preference_gradient`).
 
     ``batch`` is a padded :class:`~jaxalign.data.PreferenceBatch` or a
     :class:`~jaxalign.data.PackedPreferenceBatch`; when it carries
@@ -479,6 +511,7 @@ def preference_train_step(
         grad_accum_steps=grad_accum_steps,
         batch_sharding=batch_sharding,
         kl_metric=kl_metric,
+        base_graphdef=base_graphdef,
     )
     next_step = state.step + 1
 

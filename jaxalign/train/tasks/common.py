@@ -19,10 +19,24 @@ from jaxalign.data import (
     make_tiny_unpaired_dataset,
 )
 from jaxalign.data.config import DataConfig
-from jaxalign.models import ModelConfig, build_tiny_tokenizer, from_pretrained, load_tokenizer
+from jaxalign.models import (
+    CausalLM,
+    ModelConfig,
+    build_tiny_tokenizer,
+    from_pretrained,
+    load_tokenizer,
+)
+from jaxalign.models.lora import LoRAConfig, LoRAParam, adapted, merge_adapters, save_adapter
+from jaxalign.models.sharding import axis_rules, state_shardings
 from jaxalign.parallel import data_shard_info
 from jaxalign.train.optim import make_optimizer
-from jaxalign.train.state import Shardings, abstract_model, init_train_state, train_shardings
+from jaxalign.train.state import (
+    Shardings,
+    TrainState,
+    abstract_model,
+    init_train_state,
+    train_shardings,
+)
 from jaxalign.train.tasks.base import RunContext, Task
 
 
@@ -70,7 +84,12 @@ def load_policy(ctx: RunContext) -> tuple[ModelConfig, nnx.State | None]:
 
 @dataclasses.dataclass
 class Policy:
-    """A trainable policy's pieces: graph, optimizer, shardings, pretrained start."""
+    """A trainable policy's pieces: graph, optimizer, shardings, pretrained start.
+
+    With LoRA (``lora`` set): ``graphdef`` is the adapted model's graph, ``base_graphdef``
+    the plain model's; the train state's ``params`` are the adapters alone and
+    ``shardings.reference`` those of the frozen base weights (:meth:`init_lora`).
+    """
 
     config: ModelConfig
     graphdef: nnx.GraphDef
@@ -78,12 +97,49 @@ class Policy:
     lr_schedule: Any
     shardings: Shardings
     pretrained: nnx.State | None
+    lora: LoRAConfig | None = None
+    base_graphdef: nnx.GraphDef | None = None
+
+    @property
+    def reference_graphdef(self) -> nnx.GraphDef:
+        """The graph π_ref runs with: the plain model (adapters off under LoRA)."""
+        return self.graphdef if self.base_graphdef is None else self.base_graphdef
 
     def init_state(self, key: jax.Array, rules) -> Any:
         """The sharded :class:`~jaxalign.train.state.TrainState` (random or pretrained)."""
         return init_train_state(
             self.config, self.tx, self.shardings, key=key, rules=rules, params=self.pretrained
         )
+
+    def init_lora(self, key: jax.Array, rules) -> tuple[TrainState, nnx.State]:
+        """``(state over the adapters, frozen base weights)``, both sharded at birth.
+
+        The base is the one a full fine-tune would start from (the same init key, or
+        ``init.pretrained``), cast to ``lora.base_dtype``; the adapters are drawn from
+        ``fold_in(init key, 1)`` with B = 0, so the initial policy is the base exactly.
+        """
+        init_key, step_key = jax.random.split(key)
+        base_graphdef, lora, tx = self.base_graphdef, self.lora, self.tx
+
+        def init(k, pretrained):
+            if pretrained is None:
+                model = CausalLM(self.config, rngs=nnx.Rngs(params=k))
+            else:
+                model = nnx.merge(base_graphdef, pretrained)
+            model = adapted(model, lora, key=jax.random.fold_in(k, 1))
+            _, adapters, base = nnx.split(model, LoRAParam, ...)
+            state = TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=adapters,
+                opt_state=tx.init(adapters),
+                rng=jax.random.key_data(step_key),
+            )
+            return state, base
+
+        mesh = self.shardings.replicated.mesh
+        out = (self.shardings.state, self.shardings.reference)
+        with jax.set_mesh(mesh), axis_rules(rules):
+            return jax.jit(init, out_shardings=out)(init_key, self.pretrained)
 
     def copy_params(self, params: nnx.State) -> nnx.State:
         """A separate copy (e.g. the frozen reference), so donating the state keeps it."""
@@ -92,13 +148,33 @@ class Policy:
 
 
 def build_policy(ctx: RunContext, total_steps: int) -> Policy:
-    """The policy of ``ctx.config`` with AdamW (``optimizer``/``schedule``) and shardings."""
+    """The policy of ``ctx.config`` with AdamW (``optimizer``/``schedule``) and shardings;
+    with ``lora`` the optimizer and train state cover the adapters only."""
     config = ctx.config
     model_config, pretrained = load_policy(ctx)
     graphdef, abstract = abstract_model(model_config, ctx.rule_pairs)
     tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, total_steps)
-    shardings = train_shardings(abstract, tx, ctx.mesh, ctx.rule_pairs)
-    return Policy(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
+    lora = getattr(config, "lora", None)
+    if lora is None:
+        shardings = train_shardings(abstract, tx, ctx.mesh, ctx.rule_pairs)
+        return Policy(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
+    lora_graphdef, adapters, base = abstract_lora_model(model_config, lora, ctx.rule_pairs)
+    shardings = train_shardings(adapters, tx, ctx.mesh, ctx.rule_pairs)
+    shardings = shardings._replace(reference=state_shardings(base, ctx.mesh, ctx.rule_pairs))
+    return Policy(
+        model_config, lora_graphdef, tx, lr_schedule, shardings, pretrained, lora, graphdef
+    )
+
+
+def abstract_lora_model(
+    config: ModelConfig, lora: LoRAConfig, rules
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``(graphdef, abstract adapters, abstract base weights)`` of the adapted model."""
+    key = jax.random.key(0)
+    build = lambda: adapted(CausalLM(config, rngs=nnx.Rngs(params=key)), lora, key=key)
+    with axis_rules(rules):
+        model = nnx.eval_shape(build)
+    return nnx.split(model, LoRAParam, ...)
 
 
 def preference_data_configs(
@@ -218,20 +294,38 @@ class PreferenceTask(Task):
         sh = self.policy.shardings
         self.uses_reference = reference
         self.state_shardings = sh.state
-        self.frozen_shardings = sh.reference if reference else None
+        self.lora = self.policy.lora
+        # Under LoRA the frozen base is always needed (it is the policy's own weights too).
+        self.frozen_shardings = sh.reference if reference or self.lora else None
         self.data_configs = preference_data_configs(ctx, num_objectives, unpaired=unpaired)
         self.loaders = preference_loaders(
             ctx, self.tokenizer, self.data_configs, sh.batch, unpaired=unpaired
         )
 
     def init(self, key: jax.Array):
+        if self.lora is not None:
+            # π_ref = the base with adapters off: the frozen base is the only copy.
+            state, self.frozen = self.policy.init_lora(key, self.ctx.rule_pairs)
+            return state
         state = self.policy.init_state(key, self.ctx.rule_pairs)
         # π_ref = the initial policy; the reference-free losses keep no copy at all.
         self.frozen = self.policy.copy_params(state.params) if self.uses_reference else None
         return state
 
     def export(self, state, directory: Path) -> Path:
-        return save_policy(self.policy.graphdef, state.params, directory)
+        if self.lora is None:
+            return save_policy(self.policy.graphdef, state.params, directory)
+        # LoRA: merged weights in <out>/model/, the adapters alone in <out>/adapter/.
+        model = nnx.merge(self.policy.graphdef, state.params, self.frozen)
+        save_adapter(
+            model,
+            self.lora,
+            directory.parent / "adapter",
+            base_model_name_or_path=self.config.init.pretrained,
+        )
+        from jaxalign.models import save_pretrained
+
+        return save_pretrained(merge_adapters(model), directory)
 
 
 def save_policy(graphdef, params, directory: Path) -> Path:
@@ -244,6 +338,7 @@ def save_policy(graphdef, params, directory: Path) -> Path:
 __all__ = [
     "Policy",
     "PreferenceTask",
+    "abstract_lora_model",
     "build_policy",
     "check_vocab",
     "load_policy",

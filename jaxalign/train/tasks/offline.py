@@ -72,6 +72,7 @@ class OfflinePairwiseTask(common.PreferenceTask):
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
             kl_metric=config.logging.kl_ref,
+            base_graphdef=self.policy.base_graphdef,
         )
 
     def init(self, key: jax.Array):
@@ -86,7 +87,7 @@ class OfflinePairwiseTask(common.PreferenceTask):
         logps = precompute_reference_logps(
             loader.dataset,
             self.frozen,
-            self.policy.graphdef,
+            self.policy.reference_graphdef,
             batch_size=self.data_config.batch_size,
             length=self.data_config.max_length,
             pad_id=loader.pad_id,
