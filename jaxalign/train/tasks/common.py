@@ -313,19 +313,25 @@ class PreferenceTask(Task):
         return state
 
     def export(self, state, directory: Path) -> Path:
+        """The final policy as an HF checkpoint in ``directory``, with the run's tokenizer
+        (so the next stage of a pipeline, or ``jaxalign eval``, can load it by path)."""
         if self.lora is None:
-            return save_policy(self.policy.graphdef, state.params, directory)
-        # LoRA: merged weights in <out>/model/, the adapters alone in <out>/adapter/.
-        model = nnx.merge(self.policy.graphdef, state.params, self.frozen)
-        save_adapter(
-            model,
-            self.lora,
-            directory.parent / "adapter",
-            base_model_name_or_path=self.config.init.pretrained,
-        )
-        from jaxalign.models import save_pretrained
+            path = save_policy(self.policy.graphdef, state.params, directory)
+        else:
+            # LoRA: merged weights in <out>/model/, the adapters alone in <out>/adapter/.
+            model = nnx.merge(self.policy.graphdef, state.params, self.frozen)
+            save_adapter(
+                model,
+                self.lora,
+                directory.parent / "adapter",
+                base_model_name_or_path=self.config.init.pretrained,
+            )
+            from jaxalign.models import save_pretrained
 
-        return save_pretrained(merge_adapters(model), directory)
+            path = save_pretrained(merge_adapters(model), directory)
+        if self.ctx.is_main:
+            self.tokenizer.save_pretrained(str(path))
+        return path
 
 
 def save_policy(graphdef, params, directory: Path) -> Path:
