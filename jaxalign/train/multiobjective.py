@@ -40,7 +40,7 @@ from jaxtyping import Array, Float
 
 from jaxalign import multiobjective as mo
 from jaxalign.data import PreferenceBatch
-from jaxalign.train.state import TrainState
+from jaxalign.train.state import TrainState, apply_gradients
 from jaxalign.train.step import preference_gradient
 
 AGGREGATORS = ("weighted_sum", "mgda", "cagrad", "raco")
@@ -185,25 +185,15 @@ def multiobjective_train_step(
     per = {**per, "grad_norm": jnp.sqrt(sq), "agg_weight": info.weights,
            "agg_coef": info.coefficients, "agg_cos": info.cosines}  # fmt: skip
 
-    grad_norm = optax.tree.norm(direction)
-    updates, opt_state = tx.update(direction, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.all(jnp.isfinite(per["loss"])) & jnp.all(jnp.isfinite(per["grad_norm"]))
-    finite = finite & jnp.isfinite(grad_norm)
-    new_state = TrainState(state.step + 1, params, opt_state, state.rng)
-    # A non-finite step changes nothing, so the last good state can still be saved.
-    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    ok = jnp.all(jnp.isfinite(per["loss"])) & jnp.all(jnp.isfinite(per["grad_norm"]))
+    new_state, update_metrics = apply_gradients(state, direction, tx, lr_schedule, ok=ok)
     metrics = {name: jnp.sum(scal * value) for name, value in per.items() if name in _SUMMED}
     tokens = sum(jnp.sum(b.chosen_attention_mask) + jnp.sum(b.rejected_attention_mask)
                  for b in batches)  # fmt: skip
     metrics.update(
-        grad_norm=grad_norm,
+        update_metrics,
         conflict=info.conflict.astype(jnp.float32),
-        param_norm=optax.tree.norm(new_state.params),
-        update_norm=optax.tree.norm(updates),
-        lr=jnp.asarray(lr_schedule(state.step), jnp.float32),
         tokens=tokens.astype(jnp.float32),
-        finite=finite.astype(jnp.float32),
     )
     for name in (n for n in PER_OBJECTIVE_METRICS if n in per):
         for i in range(k):

@@ -118,11 +118,38 @@ def abstract_train_state(state_shapes: Any, shardings: TrainState) -> Any:
     )
 
 
+def apply_gradients(
+    state: TrainState, grads: Any, tx: Any, lr_schedule: Any, *, ok: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update of ``state``, kept only if it is finite.
+
+    ``ok`` is the caller's finiteness check of its loss (and anything else it measures);
+    the gradient norm is checked here. A non-finite step changes nothing, so the last good
+    state can still be saved. Returns the new state and the metrics every train step logs:
+    ``grad_norm``, ``param_norm``, ``update_norm``, ``lr`` and ``finite`` (1.0 or 0.0).
+    """
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = ok & jnp.isfinite(grad_norm)
+    new_state = TrainState(state.step + 1, params, opt_state, state.rng)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    metrics = {
+        "grad_norm": grad_norm,
+        "param_norm": optax.tree.norm(new_state.params),
+        "update_norm": optax.tree.norm(updates),
+        "lr": jnp.asarray(lr_schedule(state.step), jnp.float32),
+        "finite": finite.astype(jnp.float32),
+    }
+    return new_state, metrics
+
+
 __all__ = [
     "Shardings",
     "TrainState",
     "abstract_model",
     "abstract_train_state",
+    "apply_gradients",
     "init_train_state",
     "train_shardings",
 ]

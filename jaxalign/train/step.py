@@ -75,7 +75,7 @@ from jaxalign.losses import (
 )
 from jaxalign.models.logprobs import chunked_kl, chunked_token_logprobs
 from jaxalign.parallel import shard_batch
-from jaxalign.train.state import TrainState
+from jaxalign.train.state import TrainState, apply_gradients
 
 _SUMMED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "kl_ref",
            "log_ratio", "policy_chosen_logp", "policy_rejected_logp")  # fmt: skip
@@ -513,15 +513,9 @@ def preference_train_step(
         kl_metric=kl_metric,
         base_graphdef=base_graphdef,
     )
-    next_step = state.step + 1
-
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    new_state = TrainState(next_step, params, opt_state, state.rng)
-    # A non-finite step changes nothing, so the last good state can still be saved.
-    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    new_state, update_metrics = apply_gradients(
+        state, grads, tx, lr_schedule, ok=jnp.isfinite(metrics["loss"])
+    )
     if isinstance(batch, PackedPreferenceBatch):
         # The pairs' own tokens (a shared prompt counts for both responses), not the
         # packed layout's, so tokens/s compares across layouts.
@@ -533,14 +527,10 @@ def preference_train_step(
     else:
         tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
     metrics.update(
-        grad_norm=grad_norm,
-        param_norm=optax.tree.norm(new_state.params),
-        update_norm=optax.tree.norm(updates),
-        lr=jnp.asarray(lr_schedule(state.step), jnp.float32),
+        update_metrics,
         tokens=tokens.astype(jnp.float32),
         # Positions the step computes (real tokens + padding; packed rows × width).
         computed_tokens=jnp.asarray(_computed_tokens(batch), jnp.float32),
-        finite=finite.astype(jnp.float32),
     )
     return new_state, metrics
 

@@ -59,7 +59,7 @@ from jaxalign.models import ModelConfig, RewardModel, axis_rules, reward_model_f
 from jaxalign.parallel import shard_batch
 from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.optim import make_optimizer
-from jaxalign.train.state import Shardings, TrainState, train_shardings
+from jaxalign.train.state import Shardings, TrainState, apply_gradients, train_shardings
 from jaxalign.train.tasks import common
 from jaxalign.train.tasks.base import RunContext, Task, sharded_init
 from jaxalign.train.tasks.sft import (
@@ -199,21 +199,14 @@ def reward_model_train_step(
         lambda g, p: (g.astype(jnp.float32) / count).astype(p.dtype), grads, state.params
     )
     metrics = {name: sums[name] / count for name in _SUMMED}
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    new_state = TrainState(state.step + 1, params, opt_state, state.rng)
-    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    new_state, update_metrics = apply_gradients(
+        state, grads, tx, lr_schedule, ok=jnp.isfinite(metrics["loss"])
+    )
     tokens = jnp.sum(batch.chosen_attention_mask) + jnp.sum(batch.rejected_attention_mask)
     metrics.update(
-        grad_norm=grad_norm,
-        param_norm=optax.tree.norm(new_state.params),
-        update_norm=optax.tree.norm(updates),
-        lr=jnp.asarray(lr_schedule(state.step), jnp.float32),
+        update_metrics,
         tokens=tokens.astype(jnp.float32),
         computed_tokens=jnp.asarray(2 * batch.chosen_input_ids.size, jnp.float32),
-        finite=finite.astype(jnp.float32),
     )
     return new_state, metrics
 

@@ -55,7 +55,7 @@ from jaxalign.data import (
 from jaxalign.models.logprobs import chunked_token_logprobs
 from jaxalign.parallel import data_shard_info, shard_batch
 from jaxalign.train.metrics import dpo_step_flops
-from jaxalign.train.state import TrainState
+from jaxalign.train.state import TrainState, apply_gradients
 from jaxalign.train.tasks import common
 from jaxalign.train.tasks.base import RunContext, Task
 
@@ -168,12 +168,9 @@ def sft_train_step(
         grad_accum_steps=grad_accum_steps,
         batch_sharding=batch_sharding,
     )
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = TrainState(state.step + 1, params, opt_state, state.rng)
-    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    new_state, update_metrics = apply_gradients(
+        state, grads, tx, lr_schedule, ok=jnp.isfinite(loss)
+    )
     if isinstance(batch, PackedSFTBatch):
         tokens = jnp.sum(batch.segment_ids > 0)
     else:
@@ -182,13 +179,9 @@ def sft_train_step(
         "loss": loss,
         "perplexity": jnp.exp(loss),
         "target_tokens": targets,
-        "grad_norm": grad_norm,
-        "param_norm": optax.tree.norm(new_state.params),
-        "update_norm": optax.tree.norm(updates),
-        "lr": jnp.asarray(lr_schedule(state.step), jnp.float32),
+        **update_metrics,
         "tokens": tokens.astype(jnp.float32),
         "computed_tokens": jnp.asarray(batch.input_ids.size, jnp.float32),
-        "finite": finite.astype(jnp.float32),
     }
     return new_state, metrics
 
