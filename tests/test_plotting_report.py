@@ -61,6 +61,47 @@ def test_index_lists_every_run_with_figure_numbers_config_and_wall_time(reproduc
     assert f"{x_star:.4g}" in html
 
 
+def test_index_is_well_formed_html_whose_links_and_images_resolve(reproduced):
+    """What a browser needs: balanced elements, one <title>, and every local link and image
+    present in the folder (the images real, non-empty PNG files)."""
+    from html.parser import HTMLParser
+
+    out, _ = reproduced
+    void = {"meta", "img", "br", "hr", "link", "input"}
+
+    class Checker(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.errors, self.refs, self.titles = [], [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self.titles += tag == "title"
+            if tag == "img":
+                self.refs.append(("img", attrs.get("src", "")))
+                assert attrs.get("alt"), "every image has alt text"
+            if tag == "a" and not attrs.get("href", "#").startswith("#"):
+                self.refs.append(("a", attrs["href"]))
+            if tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if not self.stack or self.stack.pop() != tag:
+                self.errors.append(f"unbalanced </{tag}> at {self.getpos()}")
+
+    checker = Checker()
+    checker.feed((out / "index.html").read_text())
+    checker.close()
+    assert checker.errors == [] and checker.stack == [] and checker.titles == 1
+    images = [ref for kind, ref in checker.refs if kind == "img"]
+    assert sorted(images) == sorted(f"{name}.png" for name in _CHEAP)
+    for _, ref in checker.refs:
+        assert "/" not in ref and (out / ref).is_file(), ref  # relative, inside the folder
+    for ref in images:
+        data = (out / ref).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, ref
+
+
 def test_report_md_lists_the_same_runs(reproduced):
     out, _ = reproduced
     md = (out / "REPORT.md").read_text()

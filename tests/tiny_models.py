@@ -99,6 +99,19 @@ TASK_OVERRIDES = {
         "online.inner_steps=3",
         "online.learning_rate=0.03",
     ],
+    "sft": [*TINY_TRAIN, "run.save_model=false", "algorithm.name=sft", "logging.kl_ref=false"],
+    "reward_model": [
+        *TINY_TRAIN,
+        "run.save_model=false",
+        "algorithm.name=reward_model",
+        "logging.kl_ref=false",
+    ],
+    "preference_model": [
+        *TINY_TRAIN,
+        "run.save_model=false",
+        "algorithm.name=preference_model",
+        "logging.kl_ref=false",
+    ],
     "policy_gradient": [
         *_TESTBED_MODEL,
         "algorithm.name=kl_pg",

@@ -122,7 +122,8 @@ def test_prompt_sft_and_unpaired_readers_read_arrow_too(tmp_path):
 
 
 def test_datasets_save_to_disk_round_trip(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the test extra installs it: a real save_to_disk folder is read
+
     ds = datasets.Dataset.from_list(PAIRS)
     ds.save_to_disk(str(tmp_path / "ds"), num_shards=2)
     out = _rows(read_preference_rows, tmp_path / "ds")

@@ -1,5 +1,5 @@
 """The engine's guarantees, once, for every task kind (offline pairwise, multi-objective,
-online Nash, KL-regularised policy gradient):
+online Nash, KL-regularised policy gradient, SFT, reward model, preference model):
 
 * a SIGKILLed run resumed with ``--resume`` repeats the uninterrupted run bitwise;
 * SIGTERM writes a checkpoint of the current step and the CLI exits 130;
@@ -37,13 +37,24 @@ from jaxalign.train.engine import RunDirectory
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("two_process_engine_worker.py")
-KINDS = ("offline", "multiobjective", "nash", "policy_gradient")
+KINDS = (
+    "offline",
+    "multiobjective",
+    "nash",
+    "policy_gradient",
+    "sft",
+    "reward_model",
+    "preference_model",
+)
 # A hyperparameter of each kind that changes the trajectory (for the resume check).
 TRAJECTORY_KEY = {
     "offline": "optimizer.lr=1e-3",
     "multiobjective": "optimizer.lr=1e-3",
     "nash": "online.learning_rate=0.01",
     "policy_gradient": "online.learning_rate=0.02",
+    "sft": "optimizer.lr=1e-3",
+    "reward_model": "optimizer.lr=1e-3",
+    "preference_model": "optimizer.lr=1e-3",
 }
 
 
