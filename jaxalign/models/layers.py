@@ -188,7 +188,15 @@ class Dense(nnx.Module):
         if lora_a is not None:
             a = lora_a[...].astype(self.dtype)
             b = self.lora_b[...].astype(self.dtype)
-            low = jnp.tensordot(x.astype(self.dtype), a, axes=self.n_in)
+            x_a = x.astype(self.dtype)
+            dropout_key = getattr(self, "lora_dropout_key", None)
+            if dropout_key is not None:  # training with lora.dropout: the adapter input only
+                keep = 1.0 - self.lora_dropout
+                mask = jax.random.bernoulli(jax.random.wrap_key_data(dropout_key[...]), keep,
+                                            x_a.shape)  # fmt: skip
+                x_a = jnp.where(mask, x_a * jnp.asarray(1.0 / keep, self.dtype),
+                                jnp.zeros((), self.dtype))  # fmt: skip
+            low = jnp.tensordot(x_a, a, axes=self.n_in)
             y = y + jnp.tensordot(low, b, axes=1) * jnp.asarray(self.lora_scale, self.dtype)
         if self.bias is not None:
             bias = self.bias[...].astype(self.dtype)

@@ -14,14 +14,20 @@ with ``A`` drawn kaiming-uniform (bound ``1/sqrt(fan_in)``, the usual LoRA defau
 (leading ``layers`` axis, the rank axis unsharded), so the scanned trunk carries them with
 no extra code.
 
-How training uses it (:mod:`jaxalign.train.tasks.offline`):
+How training uses it (every task of :mod:`jaxalign.train.tasks`):
 
 1. ``nnx.split(model, LoRAParam, ...)`` separates the adapters (trained; the only arrays
-   with optimizer state) from the base weights (frozen; may be bf16, ``base_dtype``);
+   with optimizer state) from the base weights (frozen; may be bf16, ``base_dtype``); the
+   reward and preference models also train their new heads whole;
 2. the policy is ``nnx.merge(graphdef, adapters, base)``; the reference policy is the base
    *graph* without adapters applied to the same base arrays
-   (``nnx.merge(base_graphdef, base)``): adapters off, no second copy of the weights;
-3. export: :func:`merge_adapters` folds ``W + (α/r)·A B`` into an adapter-free model for
+   (``nnx.merge(base_graphdef, base)``; the online loops run it as zero adapters on the
+   same base, which computes the base exactly): adapters off, no second copy of the
+   weights; the online tasks' past iterates are adapter snapshots;
+3. training forwards may drop the adapters' input (:func:`with_dropout`, ``dropout``): a
+   fresh mask per step from the step's key; the base path, the reference, sampling and
+   evaluation never see it;
+4. export: :func:`merge_adapters` folds ``W + (α/r)·A B`` into an adapter-free model for
    :func:`~jaxalign.models.save_pretrained`, and :func:`save_adapter` writes the adapters
    alone as ``adapter_config.json`` + ``adapter_model.safetensors`` (the PEFT layout:
    ``lora_A.weight`` (r, in), ``lora_B.weight`` (out, r) under
@@ -60,13 +66,18 @@ class LoRAParam(nnx.Param):
     """A low-rank adapter weight: with LoRA on, the only variables the optimizer updates."""
 
 
+class LoRADropoutKey(nnx.Variable):
+    """Key data of one training forward's adapter-dropout masks (one key per layer when the
+    projection is stacked); set by :func:`with_dropout`, never stored or trained."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
     """The ``lora:`` section of a train config (absent/null = no adapters)."""
 
     rank: int  # r ≥ 1: inner dimension of each adapter
     alpha: float = 16.0  # α > 0: the update is scaled by α / r
-    dropout: float = 0.0  # dropout rate on the adapter's input, in [0, 1)
+    dropout: float = 0.0  # dropout rate on the adapter's input in training, in [0, 1)
     # Names of the projections that get adapters (subset of PROJECTIONS).
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     base_dtype: str = ""  # dtype of the frozen base weights; "" = model.param_dtype
@@ -170,6 +181,30 @@ def lora_delta(dense: Dense) -> jax.Array:
     return delta * jnp.asarray(dense.lora_scale, jnp.float32)
 
 
+def with_dropout(model: nnx.Module, rate: float, *, key: jax.Array | None) -> nnx.Module:
+    """Switches adapter dropout on for the training forwards of ``model`` (in place; returns
+    it): each adapted projection computes ``x W + (α/r)·(dropout(x) A) B``, the dropout mask
+    (keep probability ``1 − rate``, kept entries scaled by ``1/(1 − rate)``) on the adapter's
+    input only — the base path ``x W`` never sees it. Every projection and layer draws its
+    own mask from ``key`` (``fold_in`` by projection, ``split`` by layer).
+
+    Call it on a model merged inside the train step (the reference, the sampler and
+    evaluation use models without it: dropout off). ``rate == 0`` or ``key is None`` leaves
+    ``model`` untouched, so such training is bitwise the dropout-free computation.
+    """
+    if rate == 0 or key is None:
+        return model
+    for index, (_, dense) in enumerate(_targeted(model, PROJECTIONS)):
+        if getattr(dense, "lora_a", None) is None:
+            continue
+        k = jax.random.fold_in(key, index)
+        if variable_names(dense.lora_a)[0] == "layers":  # stacked: one key per layer
+            k = jax.random.split(k, dense.lora_a.get_value().shape[0])
+        dense.lora_dropout_key = LoRADropoutKey(jax.random.key_data(k))
+        dense.lora_dropout = float(rate)
+    return model
+
+
 def has_adapters(model: nnx.Module) -> bool:
     return any(isinstance(node, LoRAParam) for _, node in nnx.iter_graph(model))
 
@@ -226,10 +261,17 @@ def save_adapter(
     path: str | os.PathLike,
     *,
     base_model_name_or_path: str = "",
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> Path:
     """Writes the adapters of ``model`` alone in the PEFT format (``adapter_config.json`` +
     ``adapter_model.safetensors``), loadable with ``peft.PeftModel.from_pretrained(base,
-    path)`` on top of the base checkpoint. Returns the directory."""
+    path)`` on top of the base checkpoint. Returns the directory.
+
+    ``task_type`` is PEFT's (``CAUSAL_LM``, ``SEQ_CLS``); ``modules_to_save`` maps the HF
+    name of a fully trained module (e.g. a new ``score`` head) to its tensors
+    (``{"weight": (out, in)}``), stored whole as PEFT's ``<name>.modules_to_save`` copy.
+    """
     tensors = adapter_tensors(model)
     if not tensors:
         raise ValueError("save_adapter: the model has no LoRA adapters")
@@ -239,7 +281,7 @@ def save_adapter(
         return path
     config: dict[str, Any] = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path or None,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
@@ -249,10 +291,13 @@ def save_adapter(
         "fan_in_fan_out": False,
         "inference_mode": True,
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": sorted(modules_to_save) if modules_to_save else None,
         "use_rslora": False,
         "use_dora": False,
     }
+    for name, weights in (modules_to_save or {}).items():
+        for key, value in weights.items():
+            tensors[f"base_model.model.{name}.{key}"] = np.ascontiguousarray(value, np.float32)
     save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return path
@@ -264,6 +309,40 @@ def _nbytes(tree) -> int:
 
 def _count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def parameter_report(trainable, frozen, full, tx) -> dict[str, float]:
+    """Trainable parameters and optimizer-state bytes of a run that trains ``trainable``
+    (e.g. the adapters, plus a new score head) on top of ``frozen``, next to training
+    ``full`` (every weight of the same model without adapters) with ``tx``. Shapes only:
+    the trees may be abstract (``jax.ShapeDtypeStruct``); nothing is allocated.
+
+    Returns:
+        ``total_params`` (trainable + frozen), ``trainable_params``, ``trainable_fraction``,
+        ``optimizer_state_bytes`` (state of ``tx`` over ``trainable``), ``param_bytes``
+        (trainable + frozen, their dtypes), ``full_trainable_params`` and
+        ``full_optimizer_state_bytes`` (the same without LoRA).
+    """
+    train, total = _count(trainable), _count(trainable) + _count(frozen)
+    return {
+        "total_params": total,
+        "trainable_params": train,
+        "trainable_fraction": train / total,
+        "optimizer_state_bytes": _nbytes(jax.eval_shape(tx.init, trainable)),
+        "param_bytes": _nbytes(trainable) + _nbytes(frozen),
+        "full_trainable_params": _count(full),
+        "full_optimizer_state_bytes": _nbytes(jax.eval_shape(tx.init, full)),
+    }
+
+
+def format_report(report: dict[str, float]) -> str:
+    """One line of :func:`parameter_report` for a run's log."""
+    return (
+        f"LoRA: {report['trainable_params']:,} of {report['total_params']:,} parameters "
+        f"trainable ({100 * report['trainable_fraction']:.3f}%), optimizer state "
+        f"{report['optimizer_state_bytes']:,} B (full fine-tuning: "
+        f"{report['full_optimizer_state_bytes']:,} B)"
+    )
 
 
 def lora_report(model_config, lora: LoRAConfig | None, tx) -> dict[str, float]:
@@ -300,13 +379,17 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "PROJECTIONS",
     "LoRAConfig",
+    "LoRADropoutKey",
     "LoRAParam",
     "adapted",
     "adapter_tensors",
     "add_adapters",
+    "format_report",
     "has_adapters",
     "lora_delta",
     "lora_report",
     "merge_adapters",
+    "parameter_report",
     "save_adapter",
+    "with_dropout",
 ]

@@ -413,6 +413,10 @@ class OnlineLoopConfig:
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling mass (1 = off)
     max_new_tokens: int = 64  # response length cap (ignored on the testbed: L)
+    # dpo / ipo / robust_dpo on the testbed: true = one fixed data set of batch_size pairs,
+    # sampled from π_ref and labelled once (from run.seed), refitted every iteration (an
+    # offline data set); false = fresh pairs from π_ref each iteration (unlimited data).
+    fixed_pairs: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "inner_steps", "max_new_tokens"):
@@ -476,6 +480,13 @@ class OracleConfig:
     kinds: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     weights: tuple[float, ...] | None = None
+    # ε ∈ [0, ½): each label flipped independently with probability ε (a noisy annotator,
+    # jaxalign.train.oracles.noisy_oracle); 0 = the oracle's own labels
+    flip_rate: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.flip_rate, bool) or not 0 <= self.flip_rate < 0.5:
+            _bad("oracle.flip_rate", self.flip_rate, "a number in [0, 0.5)")
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -564,6 +575,23 @@ def _default_model() -> ModelConfig:
     return ModelConfig()
 
 
+#: Tasks (``TrainConfig.task_kind``) that train LoRA adapters (the ``lora`` section).
+LORA_TASKS = (
+    "offline",
+    "multiobjective",
+    "sft",
+    "nash",
+    "policy_gradient",
+    "reward_model",
+    "preference_model",
+)
+#: Tasks whose train step applies ``lora.dropout`` (> 0) to the adapters' input: every task
+#: of :data:`LORA_TASKS` (the offline and multi-objective preference steps draw their masks in
+#: the policy's forwards only, never the reference's).
+LORA_DROPOUT_TASKS = ("offline", "multiobjective", "sft", "reward_model", "preference_model",
+                      "nash", "policy_gradient")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A whole training run of any algorithm; see ``configs/train/*.yaml``.
@@ -643,6 +671,13 @@ class TrainConfig:
             self._check_preference_data()
         else:
             self._check_online()
+        if self.oracle.flip_rate and kind != "nash":
+            raise ValueError(
+                f"oracle.flip_rate={self.oracle.flip_rate} flips the oracle's pairwise labels, "
+                f"which only the online Nash algorithms and the offline losses on the testbed "
+                f"draw; algorithm.name={self.algorithm.name} (task {kind!r}) does not: set "
+                "oracle.flip_rate=0"
+            )
         if self.data.eval_path and kind not in ("sft", "reward_model", "preference_model"):
             raise ValueError(
                 f"data.eval_path={self.data.eval_path!r} is only read by algorithm.name=sft / "
@@ -651,17 +686,22 @@ class TrainConfig:
             )
 
     def _check_lora(self) -> None:
-        """LoRA is wired into the offline preference task (DPO, IPO, …, KTO) only."""
-        if self.task_kind != "offline":
+        """LoRA trains the tasks of :data:`LORA_TASKS`; dropout those of
+        :data:`LORA_DROPOUT_TASKS` (today the same tasks: the dropout check only guards a
+        task added to the first but not yet to the second)."""
+        kind = self.task_kind
+        if kind not in LORA_TASKS:
             raise ValueError(
-                f"lora={{rank: {self.lora.rank}, ...}} is supported by the offline preference "
-                f"losses ({', '.join(OFFLINE_ALGORITHMS)}) on text data only; "
-                f"algorithm.name={self.algorithm.name!r} (task {self.task_kind!r}) cannot "
-                "train adapters yet: remove the lora section"
+                f"lora={{rank: {self.lora.rank}, ...}} is supported by the tasks "
+                f"{', '.join(LORA_TASKS)}; algorithm.name={self.algorithm.name!r} (task "
+                f"{kind!r}) cannot train adapters: remove the lora section"
             )
-        if self.lora.dropout > 0:
+        if self.lora.dropout > 0 and kind not in LORA_DROPOUT_TASKS:
+            supported = ", ".join(LORA_DROPOUT_TASKS) or "none"
             raise ValueError(
-                f"lora.dropout={self.lora.dropout} is not implemented in training yet; expected 0"
+                f"lora.dropout={self.lora.dropout} is implemented for the tasks {supported}; "
+                f"task {kind!r} (algorithm.name={self.algorithm.name!r}) does not draw "
+                "adapter-dropout masks yet: expected lora.dropout=0"
             )
 
     def _check_supervised_data(self) -> None:
@@ -806,6 +846,12 @@ class TrainConfig:
             raise ValueError(
                 "oracle.kind=testbed labels testbed responses only: set prompts.path to '' "
                 "(and prompts.tiny=false), or choose reward_model / preference_model / mixture"
+            )
+        if self.online.fixed_pairs and name not in TESTBED_OFFLINE_ALGORITHMS:
+            raise ValueError(
+                f"online.fixed_pairs=true fixes the data set of the offline losses on the "
+                f"testbed ({' / '.join(TESTBED_OFFLINE_ALGORITHMS)}); {name} samples its own "
+                f"pairs each iteration: set online.fixed_pairs=false"
             )
         if name in OFFLINE_ALGORITHMS and not self.testbed_mode:
             raise ValueError(

@@ -24,6 +24,12 @@ step or precomputed with the batch), mapped over the objectives with ``jax.lax.s
 (one objective's activations live at a time); the step also skips non-finite updates
 like the DPO step.
 
+LoRA dropout (``dropout`` > 0 with a step ``key``): each objective draws its own masks —
+objective ``k`` passes ``fold_in(key, k)`` to :func:`~jaxalign.train.step.preference_gradient`,
+whose micro-batch ``i`` folds in ``i`` again — so the K gradients are independent dropout
+estimates, as if each objective ran its own DPO step. π_ref never sees dropout; no key (or
+rate 0) is bitwise the dropout-free step.
+
 References:
   Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; Zhou et al.,
   "Beyond One-Preference-Fits-All Alignment: Multi-Objective DPO", 2024; Désidéri 2012;
@@ -89,6 +95,9 @@ def multiobjective_train_step(
     grad_accum_steps: int = 1,
     batch_sharding=None,
     kl_metric: bool = True,
+    base_graphdef: nnx.GraphDef | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     r"""One multi-objective DPO step of the training engine (pure; jit it, donating ``state``).
 
@@ -122,6 +131,12 @@ def multiobjective_train_step(
         :func:`~jaxalign.train.step.preference_train_step`: a reference forward pass and a
         second pass over the vocabulary per objective; without it, batches that carry
         precomputed reference log-probs skip the reference entirely).
+      base_graphdef: LoRA: the graph of the model without adapters; ``state.params`` are
+        the adapters, ``reference`` the frozen base they run on (π_ref = the base with
+        adapters off, as in :func:`~jaxalign.train.step.preference_train_step`).
+      dropout, key: LoRA dropout rate on the adapters' input and this step's key: objective
+        ``k`` draws from ``fold_in(key, k)`` (a distinct mask per objective and micro-batch;
+        the policy's forwards only). None: no dropout, bitwise the dropout-free step.
 
     Returns:
       ``(new_state, metrics)``: replicated scalars. Per objective ``k``: ``loss_k``,
@@ -162,7 +177,8 @@ def multiobjective_train_step(
             stacked,
         )
 
-    def objective(_, batch):
+    def objective(_, xs):
+        batch, index = xs if key is not None else (xs, None)
         return None, preference_gradient(
             state.params,
             reference,
@@ -174,9 +190,14 @@ def multiobjective_train_step(
             grad_accum_steps=grad_accum_steps,
             batch_sharding=batch_sharding,
             kl_metric=kl_metric,
+            base_graphdef=base_graphdef,
+            dropout=dropout,
+            key=None if key is None else jax.random.fold_in(key, index),
         )
 
-    _, (grads, per) = jax.lax.scan(objective, None, stacked)  # leaves [K, ...]
+    # No key: the scan runs over the batches alone (bitwise the dropout-free step).
+    xs = stacked if key is None else (stacked, jnp.arange(k))
+    _, (grads, per) = jax.lax.scan(objective, None, xs)  # leaves [K, ...]
     direction, info = aggregate(grads, aggregator=aggregator, weights=weights, c=c)
     sq = sum(
         jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(k, -1), axis=1)

@@ -23,6 +23,8 @@ Oracles here:
   :math:`P(a \succ b) = \sigma(s(a, b)/T)` with an antisymmetric logit.
 * :func:`annotator_mixture_oracle` — :math:`\sum_m w_m P_m(a \succ b)`, or a label from
   one annotator drawn with probability :math:`w_m`.
+* :func:`noisy_oracle` — any oracle whose labels are flipped independently with
+  probability :math:`\varepsilon` (a noisy annotator: the label-noise model of robust DPO).
 * :func:`load_oracle` — a reward or preference model from a local HF-style directory.
 
 Model oracles capture the model's parameters when they are built (``nnx.split``): the
@@ -98,11 +100,16 @@ class Responses(NamedTuple):
 Oracle = Callable[[jax.Array, Responses, Responses], jax.Array]
 
 
-def testbed_oracle(testbed: tb.Testbed, game: PreferenceGame, *, sample: bool = True) -> Oracle:
+def testbed_oracle(
+    testbed: tb.Testbed, game: PreferenceGame, *, sample: bool = True, flip_rate: float = 0.0
+) -> Oracle:
     """The testbed's preference oracle: ``P[idx(a), idx(b)]``, Bernoulli-sampled by default.
 
     With ``sample=False`` it returns the exact probability (soft labels, less variance).
+    ``flip_rate`` ε > 0 flips each label independently with probability ε
+    (:func:`noisy_oracle`); ε = 0 is this oracle unchanged.
     """
+    _check_flip_rate(flip_rate)
     n = testbed.num_responses
     if game.preference.shape != (n, n):
         raise ValueError(
@@ -116,7 +123,58 @@ def testbed_oracle(testbed: tb.Testbed, game: PreferenceGame, *, sample: bool = 
             return prob
         return jax.random.bernoulli(key, prob).astype(prob.dtype)
 
-    return oracle
+    return noisy_oracle(oracle, flip_rate)
+
+
+def _check_flip_rate(flip_rate: float) -> None:
+    if isinstance(flip_rate, bool) or not 0 <= flip_rate < 0.5:
+        raise ValueError(f"flip_rate must be a number in [0, 0.5), got {flip_rate!r}")
+
+
+def noisy_oracle(oracle: Oracle, flip_rate: float) -> Oracle:
+    r"""A noisy annotator: each of ``oracle``'s labels flipped independently with
+    probability :math:`\varepsilon` = ``flip_rate``.
+
+    Why: the random-flip noise model of robust / conservative DPO. A clean label
+    :math:`y` becomes :math:`\tilde y = y + (1 - 2y) f` with :math:`f \sim
+    \mathrm{Bernoulli}(\varepsilon)`, so a hard label flips and a soft label :math:`p` is
+    replaced by :math:`1 - p`; either way
+
+    .. math::
+        \mathbb E[\tilde y] = (1 - \varepsilon)\, P(a \succ b) + \varepsilon\, P(b \succ a),
+
+    the noisy preference :math:`\tilde P` whose population DPO minimiser is flatter than
+    the clean one (rDPO's flip-corrected loss undoes this; cDPO's smoothing does not).
+
+    Args:
+      oracle: ``oracle(key, a, b) -> [B]`` labels in [0, 1].
+      flip_rate: ε ∈ [0, ½); ε = 0 returns ``oracle`` itself (bitwise the same labels).
+
+    Returns:
+      ``noisy(key, a, b) -> [B]`` (reading the same parameters as ``oracle``).
+
+    References:
+      Chowdhury, Kini, Natarajan, "Provably Robust DPO", ICML 2024 (the noise model).
+    """
+    _check_flip_rate(flip_rate)
+    if not callable(oracle):
+        raise ValueError(f"oracle must be callable, got {oracle!r}")
+    if flip_rate == 0:
+        return oracle
+
+    def bind(params):
+        clean = bind_oracle(oracle, params)
+
+        def noisy(key: jax.Array, a: Responses, b: Responses) -> jax.Array:
+            k_label, k_flip = jax.random.split(key)
+            y = jnp.asarray(clean(k_label, a, b))
+            flip = jax.random.bernoulli(k_flip, flip_rate, y.shape).astype(y.dtype)
+            return y + (1 - 2 * y) * flip
+
+        noisy.params, noisy.bind = params, bind
+        return noisy
+
+    return bind(oracle_params(oracle))
 
 
 # ----------------------------------------------------------------------------- responses
@@ -624,6 +682,7 @@ __all__ = [
     "check_responses",
     "enumerated_game",
     "load_oracle",
+    "noisy_oracle",
     "oracle_params",
     "preference_model_oracle",
     "responses_from_generation",

@@ -35,6 +35,14 @@ the anchored log-ratio (:mod:`jaxalign.losses`):
 SimPO and ORPO are reference-free (:data:`REFERENCE_FREE_LOSSES`): the step takes
 ``reference=None`` and runs no reference forward pass.
 
+LoRA dropout (``dropout`` > 0 with a step ``key``): the policy's forwards drop the adapters'
+inputs (:func:`jaxalign.models.lora.with_dropout`), micro-batch ``i`` drawing its masks from
+``fold_in(key, i)`` (the whole batch from ``key`` when ``k = 1``); KTO's forward-only pass
+over the mismatched sequences draws from ``fold_in(micro-batch key, 1)``. π_ref — the base
+with adapters off, or the log-probs precomputed with the batch — never sees dropout, nor
+does :func:`reference_sequence_logprobs`. ``dropout = 0`` or no key is bitwise the
+dropout-free step.
+
 Metrics (all replicated scalars, means over real pairs): ``loss``, ``accuracy``
 (``h > 0``), ``chosen_reward``, ``rejected_reward`` — the implicit rewards, the
 β-scaled log-ratios ``β(log π − log π_ref)`` for the logistic losses (DPO, robust
@@ -74,6 +82,7 @@ from jaxalign.losses import (
     simpo_loss,
 )
 from jaxalign.models.logprobs import chunked_kl, chunked_token_logprobs
+from jaxalign.models.lora import with_dropout
 from jaxalign.parallel import shard_batch
 from jaxalign.train.state import TrainState, apply_gradients
 
@@ -201,12 +210,15 @@ def _token_counts(scored, batch, sides: int) -> jax.Array:
     return ones.sum(axis=-1)
 
 
-def _policy_model(graphdef, params, reference, base_graphdef):
+def _policy_model(graphdef, params, reference, base_graphdef, dropout=0.0, key=None):
     """The policy: ``params`` alone, or with LoRA (``base_graphdef`` given) the adapters
-    ``params`` on the frozen base weights ``reference``."""
+    ``params`` on the frozen base weights ``reference``, their inputs dropped at rate
+    ``dropout`` with masks from ``key`` (none when either is off)."""
     if base_graphdef is None:
-        return nnx.merge(graphdef, params)
-    return nnx.merge(graphdef, params, reference)
+        model = nnx.merge(graphdef, params)
+    else:
+        model = nnx.merge(graphdef, params, reference)
+    return with_dropout(model, dropout, key=key)
 
 
 def _reference_model(graphdef, reference, base_graphdef):
@@ -225,9 +237,12 @@ def _microbatch_sums(
     uses_reference: bool = True,
     extras: tuple[str, ...] = (),
     base_graphdef=None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ):
-    """Summed (over real pairs) loss and metric sums of one micro-batch."""
-    policy = _policy_model(graphdef, params, reference, base_graphdef)
+    """Summed (over real pairs) loss and metric sums of one micro-batch (the policy's
+    adapter dropout drawn from ``key``; the reference runs without it)."""
+    policy = _policy_model(graphdef, params, reference, base_graphdef, dropout, key)
     b = batch.example_mask.shape[0]
     seq, hidden, scored = _forward(policy, batch, 2 * b)
     counts = _token_counts(scored, batch, 2 * b)
@@ -272,19 +287,31 @@ def _microbatch_sums(
 
 
 def _kto_microbatch_sums(
-    params, reference, batch, *, graphdef, loss_fn, kl_metric: bool = True, base_graphdef=None
+    params,
+    reference,
+    batch,
+    *,
+    graphdef,
+    loss_fn,
+    kl_metric: bool = True,
+    base_graphdef=None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ):
     """KTO's summed loss and metric sums of one micro-batch of an :class:`UnpairedBatch`.
 
     The completions run with gradients; the mismatched sequences only feed the detached
     reference point z₀, so the policy sees them through ``stop_gradient`` (no backward pass).
+    LoRA dropout: the completions draw from ``key``, the mismatched pass from
+    ``fold_in(key, 1)``; the reference runs without it.
     """
-    policy = _policy_model(graphdef, params, reference, base_graphdef)
+    policy = _policy_model(graphdef, params, reference, base_graphdef, dropout, key)
     ref = _reference_model(graphdef, reference, base_graphdef)
     own = (batch.input_ids, batch.attention_mask, batch.loss_mask)
     mismatched = (batch.kl_input_ids, batch.kl_attention_mask, batch.kl_loss_mask)
     logp, hidden, scored = _padded_forward(policy, *own)
-    frozen_policy = _policy_model(graphdef, jax.lax.stop_gradient(params), reference, base_graphdef)
+    frozen_policy = _policy_model(graphdef, jax.lax.stop_gradient(params), reference,
+                                  base_graphdef, dropout, _micro_key(key, 1))  # fmt: skip
     kl_logp, _, _ = _padded_forward(frozen_policy, *mismatched)
     ref_logp, ref_hidden, _ = jax.lax.stop_gradient(_padded_forward(ref, *own))
     ref_kl_logp, _, _ = jax.lax.stop_gradient(_padded_forward(ref, *mismatched))
@@ -329,6 +356,8 @@ def preference_gradient(
     batch_sharding: Any = None,
     kl_metric: bool = True,
     base_graphdef: nnx.GraphDef | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """Gradient of the batch-mean preference loss and the batch-mean metrics (steps 1-2).
 
@@ -341,7 +370,10 @@ def preference_gradient(
     With LoRA (``base_graphdef``: the model's graph without adapters) ``params`` are the
     adapters only and ``reference`` the frozen base weights: the policy is the adapted
     model on them, π_ref the base model (adapters off) — one copy of the weights, and a
-    gradient for the adapters alone.
+    gradient for the adapters alone. ``dropout`` > 0 with a ``key``: the policy's adapter
+    dropout, micro-batch ``i`` drawing from ``fold_in(key, i)`` (``key`` itself when
+    ``grad_accum_steps == 1``); π_ref never sees it; no key (or rate 0) is bitwise the
+    dropout-free gradient.
 
     Returns:
         ``(grads, metrics)``: a gradient shaped like ``params`` and the means of
@@ -362,6 +394,7 @@ def preference_gradient(
             loss_fn=loss_fn,
             kl_metric=kl_metric,
             base_graphdef=base_graphdef,
+            dropout=dropout,
         )
     else:
         loss_fn = functools.partial(
@@ -383,12 +416,13 @@ def preference_gradient(
             uses_reference=algorithm not in REFERENCE_FREE_LOSSES,
             extras=_EXTRA_METRICS.get(algorithm, ()),
             base_graphdef=base_graphdef,
+            dropout=dropout,
         )
     summed = _metric_names(algorithm, kl_metric)
-    grad_fn = jax.grad(sums_fn, has_aux=True)
+    grad_fn = jax.grad(lambda p, ref, mb, mb_key: sums_fn(p, ref, mb, key=mb_key), has_aux=True)
 
     if k == 1:
-        grads, sums = grad_fn(params, reference, batch)
+        grads, sums = grad_fn(params, reference, batch, key)
     else:
 
         def split(x):
@@ -397,7 +431,8 @@ def preference_gradient(
 
         micro = jax.tree.map(split, batch)
 
-        def body(carry, mb):
+        def body(carry, xs):
+            mb, i = xs if key is not None else (xs, None)
             if batch_sharding is not None:
                 mb = jax.tree.map(
                     lambda x: jax.lax.with_sharding_constraint(
@@ -405,12 +440,14 @@ def preference_gradient(
                     ),
                     mb,
                 )
-            g, s = grad_fn(params, reference, mb)
+            g, s = grad_fn(params, reference, mb, _micro_key(key, i))
             g = jax.tree.map(lambda x: x.astype(jnp.float32), g)  # accumulate in float32
             return jax.tree.map(jnp.add, carry, (g, s)), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        (grads, sums), _ = jax.lax.scan(body, (zeros, _zero_sums(summed)), micro)
+        # No key: the scan runs over the micro-batches alone (bitwise the dropout-free step).
+        xs = micro if key is None else (micro, jnp.arange(k))
+        (grads, sums), _ = jax.lax.scan(body, (zeros, _zero_sums(summed)), xs)
 
     count = jnp.maximum(jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
     # The gradient of the batch mean, in each parameter's dtype (bf16 parameters keep bf16
@@ -449,6 +486,8 @@ def preference_train_step(
     batch_sharding: Any = None,
     kl_metric: bool = True,
     base_graphdef: nnx.GraphDef | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of an offline preference loss (pure; jit it with donation of ``state``).
 
@@ -479,6 +518,9 @@ def preference_train_step(
             are then the adapters (the only arrays with optimizer state) and ``reference``
             the frozen base weights, π_ref = the base with adapters off (see
             :func:`preference_gradient`).
+        dropout, key: LoRA dropout rate on the adapters' input and this step's key (the
+            policy's forwards only, a mask per micro-batch; None: no dropout, bitwise the
+            dropout-free step).
 
     ``batch`` is a padded :class:`~jaxalign.data.PreferenceBatch` or a
     :class:`~jaxalign.data.PackedPreferenceBatch`; when it carries
@@ -512,6 +554,8 @@ def preference_train_step(
         batch_sharding=batch_sharding,
         kl_metric=kl_metric,
         base_graphdef=base_graphdef,
+        dropout=dropout,
+        key=key,
     )
     new_state, update_metrics = apply_gradients(
         state, grads, tx, lr_schedule, ok=jnp.isfinite(metrics["loss"])
@@ -580,6 +624,11 @@ def shard_preference_batch(batch, mesh, rules):
     rows = shard_batch(tuple(batch[:6]), mesh, rules, logical_axes=("batch",))
     pairs = shard_batch(tuple(batch[6:]), mesh, rules, logical_axes=("batch",))
     return PackedPreferenceBatch(*rows, *pairs)
+
+
+def _micro_key(key: jax.Array | None, index) -> jax.Array | None:
+    """Micro-batch ``index``'s dropout key (None stays None)."""
+    return None if key is None else jax.random.fold_in(key, index)
 
 
 def _zero_sums(names) -> dict[str, jax.Array]:

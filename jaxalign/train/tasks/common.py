@@ -26,7 +26,16 @@ from jaxalign.models import (
     from_pretrained,
     load_tokenizer,
 )
-from jaxalign.models.lora import LoRAConfig, LoRAParam, adapted, merge_adapters, save_adapter
+from jaxalign.models.lora import (
+    LoRAConfig,
+    LoRAParam,
+    adapted,
+    format_report,
+    merge_adapters,
+    parameter_report,
+    save_adapter,
+    with_dropout,
+)
 from jaxalign.models.sharding import axis_rules, state_shardings
 from jaxalign.parallel import data_shard_info
 from jaxalign.train.optim import make_optimizer
@@ -99,6 +108,9 @@ class Policy:
     pretrained: nnx.State | None
     lora: LoRAConfig | None = None
     base_graphdef: nnx.GraphDef | None = None
+    #: LoRA: trainable fraction and optimizer bytes, with and without adapters
+    #: (:func:`~jaxalign.models.lora.parameter_report`).
+    report: dict[str, float] | None = None
 
     @property
     def reference_graphdef(self) -> nnx.GraphDef:
@@ -161,9 +173,129 @@ def build_policy(ctx: RunContext, total_steps: int) -> Policy:
     lora_graphdef, adapters, base = abstract_lora_model(model_config, lora, ctx.rule_pairs)
     shardings = train_shardings(adapters, tx, ctx.mesh, ctx.rule_pairs)
     shardings = shardings._replace(reference=state_shardings(base, ctx.mesh, ctx.rule_pairs))
+    report = parameter_report(adapters, base, abstract, tx)
     return Policy(
-        model_config, lora_graphdef, tx, lr_schedule, shardings, pretrained, lora, graphdef
-    )
+        model_config, lora_graphdef, tx, lr_schedule, shardings, pretrained, lora, graphdef,
+        report,
+    )  # fmt: skip
+
+
+def head_filter(heads: tuple[str, ...]):
+    """The variables a LoRA run of a model with new heads trains: the adapters and every
+    parameter under the top-level ``heads`` (e.g. a reward model's ``score``)."""
+    return nnx.Any(LoRAParam, *(nnx.PathContains(h) for h in heads))
+
+
+def _adapt_trunk(model, lora: LoRAConfig, heads: tuple[str, ...], key: jax.Array):
+    """``model`` adapted, its ``heads`` kept in ``model.config.param_dtype`` (they are new,
+    hence fully trained; only the trunk's base takes ``lora.base_dtype``)."""
+    model = adapted(model, lora, key=key)
+    for name in heads:
+        head = getattr(model, name, None)
+        for _, node in nnx.iter_graph(head) if head is not None else ():
+            if isinstance(node, nnx.Param):
+                node.set_value(node.get_value().astype(model.config.param_dtype))
+    return model
+
+
+def adapted_with_heads(model, lora: LoRAConfig, heads: tuple[str, ...], *, key: jax.Array):
+    """``(trainable, frozen)`` of ``model`` with adapters on its trunk: the adapters and the
+    ``heads`` train, the rest is the frozen base (in ``lora.base_dtype``)."""
+    _, trainable, frozen = nnx.split(_adapt_trunk(model, lora, heads, key), head_filter(heads), ...)
+    return trainable, frozen
+
+
+def abstract_lora_with_heads(
+    build, lora: LoRAConfig, heads: tuple[str, ...], rules
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``(graphdef, abstract trainable, abstract frozen)`` of ``build()`` adapted, heads
+    trainable (:func:`adapted_with_heads`)."""
+    key = jax.random.key(0)
+    with axis_rules(rules):
+        model = nnx.eval_shape(lambda: _adapt_trunk(build(), lora, heads, key))
+    return nnx.split(model, head_filter(heads), ...)
+
+
+def policy_model(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    frozen: nnx.State | None = None,
+    *,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
+):
+    """The trained model: ``params`` alone, or under LoRA the adapters ``params`` on the
+    frozen base weights ``frozen`` (``graphdef`` the adapted graph); with ``dropout`` > 0 and
+    a ``key`` its adapters drop their inputs (:func:`~jaxalign.models.lora.with_dropout`:
+    training forwards only)."""
+    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+    return with_dropout(model, dropout, key=key)
+
+
+#: ``fold_in`` index of the adapter-dropout key in a step's key (apart from its other draws).
+DROPOUT_STREAM = 0x4C6F5241
+
+
+def lora_dropout(config) -> float:
+    """``lora.dropout`` of a train config (0 without LoRA)."""
+    return 0.0 if config.lora is None else float(config.lora.dropout)
+
+
+def dropout_key(config, key: jax.Array) -> jax.Array | None:
+    """The adapter-dropout key of one step (``fold_in(step key, DROPOUT_STREAM)``), or None
+    when the run has no LoRA dropout (then the step is bitwise the dropout-free one)."""
+    return jax.random.fold_in(key, DROPOUT_STREAM) if lora_dropout(config) > 0 else None
+
+
+def micro_key(key: jax.Array | None, index) -> jax.Array | None:
+    """Micro-batch / inner step ``index``'s dropout key (None stays None)."""
+    return None if key is None else jax.random.fold_in(key, index)
+
+
+def lora_describe(report: dict[str, float] | None) -> list[str]:
+    """The run-log line of a LoRA parameter report (none without LoRA)."""
+    return [] if report is None else [format_report(report)]
+
+
+def lora_summary(report: dict[str, float] | None) -> dict[str, Any]:
+    """``{"lora": report}`` for ``summary.json`` (empty without LoRA)."""
+    return {} if report is None else {"lora": report}
+
+
+def export_model(
+    ctx: RunContext,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    frozen: nnx.State | None,
+    lora: LoRAConfig | None,
+    directory: Path,
+    *,
+    tokenizer=None,
+    adapter_task_type: str = "CAUSAL_LM",
+) -> Path:
+    """The trained model as an HF checkpoint in ``directory`` (with ``tokenizer``).
+
+    Under LoRA (``lora`` set, ``params`` the adapters on ``frozen``) the checkpoint holds
+    the merged kernels ``W + (α/r)·A B`` and ``directory.parent / "adapter"`` the adapters
+    alone in the PEFT format (``adapter_task_type``: PEFT's ``task_type``).
+    """
+    from jaxalign.models import save_pretrained
+
+    if lora is None:
+        path = save_pretrained(nnx.merge(graphdef, params), directory)
+    else:
+        model = policy_model(graphdef, params, frozen)
+        save_adapter(
+            model,
+            lora,
+            directory.parent / "adapter",
+            base_model_name_or_path=ctx.config.init.pretrained,
+            task_type=adapter_task_type,
+        )
+        path = save_pretrained(merge_adapters(model), directory)
+    if tokenizer is not None and ctx.is_main:
+        tokenizer.save_pretrained(str(path))
+    return path
 
 
 def abstract_lora_model(
@@ -314,24 +446,16 @@ class PreferenceTask(Task):
 
     def export(self, state, directory: Path) -> Path:
         """The final policy as an HF checkpoint in ``directory``, with the run's tokenizer
-        (so the next stage of a pipeline, or ``jaxalign eval``, can load it by path)."""
-        if self.lora is None:
-            path = save_policy(self.policy.graphdef, state.params, directory)
-        else:
-            # LoRA: merged weights in <out>/model/, the adapters alone in <out>/adapter/.
-            model = nnx.merge(self.policy.graphdef, state.params, self.frozen)
-            save_adapter(
-                model,
-                self.lora,
-                directory.parent / "adapter",
-                base_model_name_or_path=self.config.init.pretrained,
-            )
-            from jaxalign.models import save_pretrained
+        (so the next stage of a pipeline, or ``jaxalign eval``, can load it by path);
+        LoRA: merged weights there, the PEFT adapter in ``<out>/adapter/``."""
+        frozen = self.frozen if self.lora is not None else None
+        return export_model(
+            self.ctx, self.policy.graphdef, state.params, frozen, self.lora, directory,
+            tokenizer=self.tokenizer,
+        )  # fmt: skip
 
-            path = save_pretrained(merge_adapters(model), directory)
-        if self.ctx.is_main:
-            self.tokenizer.save_pretrained(str(path))
-        return path
+    def lora_lines(self) -> list[str]:
+        return lora_describe(self.policy.report)
 
 
 def save_policy(graphdef, params, directory: Path) -> Path:
@@ -345,11 +469,21 @@ __all__ = [
     "Policy",
     "PreferenceTask",
     "abstract_lora_model",
+    "abstract_lora_with_heads",
+    "adapted_with_heads",
     "build_policy",
     "check_vocab",
+    "dropout_key",
+    "export_model",
+    "head_filter",
     "load_policy",
     "load_run_tokenizer",
+    "lora_describe",
+    "lora_dropout",
+    "lora_summary",
     "loss_summary",
+    "micro_key",
+    "policy_model",
     "preference_data_configs",
     "preference_loaders",
     "runtime_overrides",

@@ -5,7 +5,8 @@ positions are checkpointed), pads the K batches to one length and runs
 :func:`jaxalign.train.multiobjective.multiobjective_train_step` (weighted sum, MGDA,
 CAGrad or RACO over the K gradients). Metrics gain the per-objective ``loss_k``,
 ``accuracy_k``, ``grad_norm_k`` and the aggregator's ``agg_weight_k`` / ``agg_coef_k`` /
-``agg_cos_k``.
+``agg_cos_k``. LoRA dropout (``lora.dropout``) draws a distinct mask per objective and
+micro-batch from the step's key (the policy's forwards only, never the reference).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class MultiObjectiveTask(common.PreferenceTask):
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
             kl_metric=config.logging.kl_ref,
+            base_graphdef=self.policy.base_graphdef,
+            dropout=common.lora_dropout(config),
         )
 
     def batch(self, step: int, key: jax.Array):
@@ -88,8 +91,8 @@ class MultiObjectiveTask(common.PreferenceTask):
         return tuple(b._replace(example_mask=b.example_mask * jnp.nan) for b in batch)
 
     def step(self, state, frozen, batch, key):
-        del key
-        return self._step(state, frozen, batch)
+        # The key only feeds the LoRA dropout (if any).
+        return self._step(state, frozen, batch, key=common.dropout_key(self.config, key))
 
     def flops(self, batch) -> float:
         rows, length = batch[0].chosen_input_ids.shape
@@ -112,7 +115,7 @@ class MultiObjectiveTask(common.PreferenceTask):
             loader.restore(position_k)
 
     def describe(self) -> list[str]:
-        return [
+        return [*self.lora_lines()] + [
             f"objective {k}: {format_data_stats(loader.dataset.stats)}"
             for k, loader in enumerate(self.loaders)
         ]
@@ -120,6 +123,7 @@ class MultiObjectiveTask(common.PreferenceTask):
     def summary(self, history) -> dict[str, Any]:
         keys = [f"loss_{k}" for k in range(len(self.loaders))]
         out = common.loss_summary(history, "accuracy", *keys)
+        out.update(common.lora_summary(self.policy.report))
         out["data"] = [loader.dataset.stats for loader in self.loaders]
         return out
 

@@ -40,7 +40,10 @@ log-ratios of a distribution), so its fits approach the implied update
 error measures how close.
 
 The state (checkpointed) is π_t and the anchors the algorithm carries (ONPO's π'_t, MNPO's
-past iterates); π_ref and the oracle's parameters are frozen. Convergence is the tabular
+past iterates); π_ref and the oracle's parameters are frozen. With LoRA (``lora``) the state
+holds adapters only — π_t, π'_t and the past iterates are adapter snapshots on the one
+frozen base, the inner Adam runs over the adapters, and π_ref is the base with the adapters
+off (:class:`~jaxalign.train.tasks.online_setup.PolicyView`). Convergence is the tabular
 solver's up to each iteration's sampling and fitting error (average iterate
 :math:`O(1/\sqrt T)` for INPO/MNPO, :math:`O(1/T)` for ONPO; last iterate for Nash-MD and
 EGPO on the regularised game; online IPO is a fixed-point iteration).
@@ -53,6 +56,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,7 +106,9 @@ class FitSettings:
     mixture: str = "token"  # nash_md
     beta: float = 0.1  # dpo / robust_dpo on the testbed
     flip_rate: float = 0.0
+    label_smoothing: float = 0.0  # dpo on the testbed: conservative DPO
     tau: float = 0.1  # ipo on the testbed
+    fixed_pairs_seed: int | None = None  # offline losses: one fixed data set (online.fixed_pairs)
 
 
 def _pair_loss(kind: str, algo, fit: FitSettings, pa, pb, anc_a, anc_b, extra) -> jax.Array:
@@ -131,7 +137,9 @@ def _pair_loss(kind: str, algo, fit: FitSettings, pa, pb, anc_a, anc_b, extra) -
         return pw.online_ipo_loss(pa, pb, ref_a, ref_b, tau=tau).loss
     if kind == "dpo":
         ((ref_a,), (ref_b,)) = anc_a, anc_b
-        return dpo_loss(pa, pb, ref_a, ref_b, beta=fit.beta).loss
+        return dpo_loss(
+            pa, pb, ref_a, ref_b, beta=fit.beta, label_smoothing=fit.label_smoothing
+        ).loss
     if kind == "robust_dpo":
         ((ref_a,), (ref_b,)) = anc_a, anc_b
         return pw.robust_dpo_loss(pa, pb, ref_a, ref_b, beta=fit.beta, flip_rate=fit.flip_rate).loss
@@ -159,9 +167,15 @@ class NashIteration:
       oracle: ``oracle(key, a, b)`` (its parameters come from ``frozen["oracle"]``).
       exact: the :class:`~jaxalign.testbed.scoring.TestbedModel` when sampling on the
         testbed (needed by Nash-MD's sequence-level mixture).
+      lora: the state's parameters are LoRA adapters and ``frozen["reference"]`` the base
+        weights they run on (``sampler`` and ``exact`` over the adapted graph).
+      dropout: LoRA dropout of the fits' forwards (inner step ``i`` of a fit draws from
+        ``fold_in(fit key, i)``; sampling, anchors and the reported loss run without it).
     """
 
-    def __init__(self, kind, algorithm, fit, sampler: Sampler, oracle, exact=None):
+    def __init__(
+        self, kind, algorithm, fit, sampler: Sampler, oracle, exact=None, lora=False, dropout=0.0
+    ):
         if kind == "nash_md" and fit.mixture == "sequence" and exact is None:
             raise ValueError(
                 "nash_md with mixture='sequence' needs an exact sequence sampler (an enumerable "
@@ -169,6 +183,7 @@ class NashIteration:
             )
         self.kind, self.algorithm, self.fit = kind, algorithm, fit
         self.sampler, self.oracle, self.exact = sampler, oracle, exact
+        self.lora, self.dropout = lora, dropout
         self.opt = optax.adam(fit.learning_rate, eps=fit.adam_eps)
 
     def initial_state(self, params: nnx.State) -> NashState:
@@ -178,12 +193,15 @@ class NashIteration:
         n = self.algorithm.num_players - 1 if self.kind == "mnpo" else 0
         return NashState(params, prime, tuple(copy() for _ in range(n)))
 
-    def _fitted(self, kind: str, params, a, b, anc_a, anc_b, w, extra):
-        """Adam from ``params`` for ``inner_steps`` on the pairs; the final mean loss."""
-        logp = self.sampler.logp
+    def _fitted(self, view, drop_key, kind: str, params, a, b, anc_a, anc_b, w, extra):
+        """Adam from ``params`` for ``inner_steps`` on the pairs; the final mean loss (at the
+        fitted parameters, without dropout)."""
         by_target = kind in ("egpo", "sppo")  # per-response targets; no label weighting
 
-        def loss_fn(p):
+        def loss_fn(p, step_key=None):
+            def logp(p, y):
+                return view.logp(p, y, dropout=self.dropout, key=step_key)
+
             pa, pb = logp(p, a), logp(p, b)
             fwd = _pair_loss(kind, self.algorithm, self.fit, pa, pb, anc_a, anc_b, extra)
             if by_target:
@@ -191,19 +209,20 @@ class NashIteration:
             bwd = _pair_loss(kind, self.algorithm, self.fit, pb, pa, anc_b, anc_a, extra)
             return jnp.mean(w * fwd + (1 - w) * bwd)
 
-        def body(carry, _):
+        def body(carry, i):
             p, o = carry
-            loss, grads = jax.value_and_grad(loss_fn)(p)
+            loss, grads = jax.value_and_grad(loss_fn)(p, common.micro_key(drop_key, i))
             with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts, floats
                 updates, o = self.opt.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), loss
 
         init = (params, self.opt.init(params))
-        (params, _), _ = jax.lax.scan(body, init, None, length=self.fit.inner_steps)
+        steps = None if drop_key is None else jnp.arange(self.fit.inner_steps)
+        (params, _), _ = jax.lax.scan(body, init, steps, length=self.fit.inner_steps)
         return params, loss_fn(params)
 
-    def _anchors(self, params_list, a, b):
-        logp = self.sampler.logp
+    def _anchors(self, view, params_list, a, b):
+        logp = view.logp
         return tuple(logp(p, a) for p in params_list), tuple(logp(p, b) for p in params_list)
 
     def _sample_testbed_mixture(self, key, params, ref, mix, prompts) -> Responses:
@@ -216,11 +235,22 @@ class NashIteration:
         kind, algo, fit = self.kind, self.algorithm, self.fit
         b = fit.batch_size
         _, k_sample, k_label, k_mix, k_extra = jax.random.split(key, 5)
+        if fit.fixed_pairs_seed is not None:  # the same pairs and labels every iteration
+            data_key = jax.random.fold_in(jax.random.key(fit.fixed_pairs_seed), 0xDA7A)
+            k_sample, k_label = jax.random.split(data_key)
         x = (batch.tokens, batch.mask)
         xx = tuple(jnp.concatenate([v, v]) for v in x)  # a_i and b_i answer prompt x_i
-        params, ref = state.params, frozen["reference"]
+        params = state.params
+        view, ref = online_setup.policy_view(self.sampler, frozen["reference"], params, self.lora)
         oracle = bind_oracle(self.oracle, frozen["oracle"])
-        sample = self.sampler.sample
+        sample = view.sample
+        drop_key = jax.random.fold_in(key, common.DROPOUT_STREAM) if self.dropout else None
+        fits = iter(range(3))  # EGPO and ONPO fit twice a step: a key each
+
+        def fitted(*args):
+            return self._fitted(view, common.micro_key(drop_key, next(fits)), *args)
+
+        anchors = functools.partial(self._anchors, view)
 
         if kind == "mnpo":
             lambdas = jnp.log(jnp.asarray(algo.lambdas(), jnp.float32))
@@ -232,7 +262,8 @@ class NashIteration:
             stacked = [jnp.stack([d[i] for d in draws]) for i in range(3)]
             ys = Responses(*(v[src, jnp.arange(2 * b)] for v in stacked), draws[0].prompt_length)
         elif kind == "nash_md" and fit.mixture == "sequence":
-            ys = self._sample_testbed_mixture(k_sample, params, ref, algo.step_size * algo.tau, xx)
+            mix = algo.step_size * algo.tau
+            ys = self._sample_testbed_mixture(k_sample, view.full(params), view.full(ref), mix, xx)
         elif kind == "nash_md":
             ys = sample(params, k_sample, xx, mixture=(ref, algo.step_size * algo.tau))
         elif kind in OFFLINE_ALGORITHMS:
@@ -246,18 +277,18 @@ class NashIteration:
         prime = None
 
         if kind in ("inpo", "nash_md"):
-            anc_a, anc_b = self._anchors([ref, params], a, bb)
-            new, loss = self._fitted(kind, params, a, bb, anc_a, anc_b, w, extra)
+            anc_a, anc_b = anchors([ref, params], a, bb)
+            new, loss = fitted(kind, params, a, bb, anc_a, anc_b, w, extra)
             cur_logp, ref_logp = anc_a[1], anc_a[0]
         elif kind == "egpo":
-            anc_a, anc_b = self._anchors([ref, params], a, bb)
-            half, _ = self._fitted("inpo", params, a, bb, anc_a, anc_b, w, extra)
+            anc_a, anc_b = anchors([ref, params], a, bb)
+            half, _ = fitted("inpo", params, a, bb, anc_a, anc_b, w, extra)
             c = sample(half, k_extra, x)
             ka, kb = jax.random.split(jax.random.fold_in(k_label, 1))
             wins = (oracle(ka, a, c), oracle(kb, bb, c))
             wins = tuple(jnp.asarray(v, jnp.float32) for v in wins)
             ones = jnp.ones((b,), jnp.float32)
-            new, loss = self._fitted("egpo", half, a, bb, anc_a, anc_b, ones, wins)
+            new, loss = fitted("egpo", half, a, bb, anc_a, anc_b, ones, wins)
             cur_logp, ref_logp = anc_a[1], anc_a[0]
         elif kind == "sppo":
             # P̂(y ≻ π_t) from two independent draws of π_t: the pair's other response and c.
@@ -267,23 +298,23 @@ class NashIteration:
                 0.5 * (w + jnp.asarray(oracle(ka, a, c), jnp.float32)),
                 0.5 * (1 - w + jnp.asarray(oracle(kb, bb, c), jnp.float32)),
             )
-            anc_a, anc_b = self._anchors([params], a, bb)
+            anc_a, anc_b = anchors([params], a, bb)
             ones = jnp.ones((b,), jnp.float32)
-            new, loss = self._fitted("sppo", params, a, bb, anc_a, anc_b, ones, wins)
-            cur_logp, ref_logp = anc_a[0], self.sampler.logp(ref, a)
+            new, loss = fitted("sppo", params, a, bb, anc_a, anc_b, ones, wins)
+            cur_logp, ref_logp = anc_a[0], view.logp(ref, a)
         elif kind == "onpo":
-            anc_a, anc_b = self._anchors([state.prime], a, bb)
-            prime, _ = self._fitted("onpo", state.prime, a, bb, anc_a, anc_b, w, extra)
-            anc_a, anc_b = self._anchors([prime], a, bb)
-            new, loss = self._fitted("onpo", prime, a, bb, anc_a, anc_b, w, extra)
-            cur_logp, ref_logp = self.sampler.logp(params, a), self.sampler.logp(ref, a)
+            anc_a, anc_b = anchors([state.prime], a, bb)
+            prime, _ = fitted("onpo", state.prime, a, bb, anc_a, anc_b, w, extra)
+            anc_a, anc_b = anchors([prime], a, bb)
+            new, loss = fitted("onpo", prime, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = view.logp(params, a), view.logp(ref, a)
         elif kind == "online_ipo" or kind in OFFLINE_ALGORITHMS:
-            anc_a, anc_b = self._anchors([ref], a, bb)
-            new, loss = self._fitted(kind, params, a, bb, anc_a, anc_b, w, extra)
-            cur_logp, ref_logp = self.sampler.logp(params, a), anc_a[0]
+            anc_a, anc_b = anchors([ref], a, bb)
+            new, loss = fitted(kind, params, a, bb, anc_a, anc_b, w, extra)
+            cur_logp, ref_logp = view.logp(params, a), anc_a[0]
         else:  # mnpo
-            anc_a, anc_b = self._anchors([ref, *state.opponents], a, bb)
-            new, loss = self._fitted("mnpo", params, a, bb, anc_a, anc_b, w, extra)
+            anc_a, anc_b = anchors([ref, *state.opponents], a, bb)
+            new, loss = fitted("mnpo", params, a, bb, anc_a, anc_b, w, extra)
             cur_logp, ref_logp = anc_a[1], anc_a[0]
 
         opponents = (new, *state.opponents[:-1]) if kind == "mnpo" else ()
@@ -311,7 +342,9 @@ def fit_settings(config) -> FitSettings:
         mixture=a.mixture,
         beta=a.beta,
         flip_rate=a.flip_rate,
+        label_smoothing=a.label_smoothing,
         tau=a.resolved_tau,
+        fixed_pairs_seed=config.run.seed if o.fixed_pairs else None,
     )
 
 
@@ -336,31 +369,43 @@ class NashTask(Task):
         fit = fit_settings(config)
         self.iterate = NashIteration(
             config.algorithm.name, self.algorithm, fit, self.setup.sampler,
-            self.setup.oracle, exact=self.setup.exact,
+            self.setup.oracle, exact=self.setup.exact, lora=config.lora is not None,
+            dropout=common.lora_dropout(config),
         )  # fmt: skip
+        # The fits' Adam state lives inside a step (adapters only under LoRA).
+        self.lora_report = self.setup.lora_report(self.iterate.opt)
         params_sh = self.setup.param_shardings
         n = self.algorithm.num_players - 1 if config.algorithm.name == "mnpo" else 0
         prime = params_sh if config.algorithm.name == "onpo" else None
         self.state_shardings = NashState(params_sh, prime, (params_sh,) * n)
-        self.frozen_shardings = {"reference": params_sh, "oracle": self.setup.oracle_shardings}
+        self.frozen_shardings = {
+            "reference": self.setup.reference_shardings,
+            "oracle": self.setup.oracle_shardings,
+        }
         row = batch_sharding(ctx.mesh, ctx.rules, ndim=2)
         self.batch_shardings = PromptBatch(row, row, None)
         self.exact_history: scoring.ExactHistory | None = None
 
     def init(self, key: jax.Array) -> NashState:
-        params = self.setup.initial_params(key)
-        self.frozen = {
-            "reference": jax.tree.map(jnp.copy, params),  # π_ref = π_0
-            "oracle": oracle_params(self.setup.oracle),
-        }
+        # π_ref = π_0 (a copy), or under LoRA the frozen base (adapters off).
+        params, reference = self.setup.initial_policy(key)
+        self.frozen = {"reference": reference, "oracle": oracle_params(self.setup.oracle)}
         if self.setup.exact is not None:
             self._start_exact_history(params)
         return self.iterate.initial_state(params)
 
     def _start_exact_history(self, params) -> None:
         exact, game = self.setup.exact, self.setup.game
-        self._log_probs = jax.jit(exact.log_probs)  # one compilation for every iterate
-        log_ref = self._log_probs(self.frozen["reference"])
+        lora = self.config.lora is not None
+
+        @jax.jit  # one compilation for every iterate
+        def log_probs(p, frozen_reference):
+            view, _ = online_setup.policy_view(None, frozen_reference, p, lora)
+            return exact.log_probs(view.full(p))
+
+        self._log_probs = lambda p: log_probs(p, self.frozen["reference"])
+        _, ref = online_setup.policy_view(None, self.frozen["reference"], params, lora)
+        log_ref = self._log_probs(ref)
         log_pi = self._log_probs(params)
         name = self.config.algorithm.name
         if name in OFFLINE_ALGORITHMS:
@@ -403,10 +448,11 @@ class NashTask(Task):
             self.exact_history.load_state_dict(position["exact_history"])
 
     def describe(self) -> list[str]:
-        return self.setup.describe()
+        return [*common.lora_describe(self.lora_report), *self.setup.describe()]
 
     def summary(self, history) -> dict[str, Any]:
         out = common.loss_summary(history, "kl_k3")
+        out.update(common.lora_summary(self.lora_report))
         if self.exact_history is None:
             return {**out, **self.setup.prompts_summary(history)}
         h = self.exact_history.history()
@@ -449,7 +495,7 @@ class NashTask(Task):
         return out
 
     def export(self, state: NashState, directory: Path) -> Path:
-        return common.save_policy(self.setup.graphdef, state.params, directory)
+        return self.setup.export(state.params, self.frozen, directory)
 
 
 __all__ = [

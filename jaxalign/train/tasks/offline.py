@@ -6,7 +6,9 @@ reference is built, copied or run); a batch is one global batch of preference pa
 the resumable loader — padded, or packed (``data.packing``), with the reference log-probs
 precomputed once per dataset (``data.precompute_reference``) when asked — or, for KTO, of
 labelled completions with their mismatched KL sequences (:class:`~jaxalign.data.UnpairedBatch`).
-The step is :func:`jaxalign.train.step.preference_train_step`.
+The step is :func:`jaxalign.train.step.preference_train_step`. LoRA dropout
+(``lora.dropout``) drops the policy adapters' inputs with a key drawn from the step's key
+(a mask per micro-batch; never in the reference, precomputed or not).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class OfflinePairwiseTask(common.PreferenceTask):
             batch_sharding=sh.batch,
             kl_metric=config.logging.kl_ref,
             base_graphdef=self.policy.base_graphdef,
+            dropout=common.lora_dropout(config),
         )
 
     def init(self, key: jax.Array):
@@ -111,8 +114,8 @@ class OfflinePairwiseTask(common.PreferenceTask):
         return batch._replace(example_mask=batch.example_mask * jnp.nan)
 
     def step(self, state, frozen, batch, key):
-        del key  # the offline losses draw nothing
-        return self._step(state, frozen, batch)
+        # The key only feeds the LoRA dropout (if any): the offline losses draw nothing else.
+        return self._step(state, frozen, batch, key=common.dropout_key(self.config, key))
 
     def flops(self, batch) -> float:
         rows, length = batch[0].shape
@@ -136,11 +139,13 @@ class OfflinePairwiseTask(common.PreferenceTask):
 
     def describe(self) -> list[str]:
         stats = self.loader.dataset.stats
-        return [format_unpaired_stats(stats) if self.unpaired else format_data_stats(stats)]
+        data = format_unpaired_stats(stats) if self.unpaired else format_data_stats(stats)
+        return [*self.lora_lines(), data]
 
     def summary(self, history) -> dict[str, Any]:
         return {
             **common.loss_summary(history, "accuracy"),
+            **common.lora_summary(self.policy.report),
             "data": self.loader.dataset.stats,
         }
 

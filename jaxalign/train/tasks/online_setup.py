@@ -1,6 +1,13 @@
 """What the online tasks (Nash, KL-regularised PG) build alike from a config: the policy
 and its shardings, the prompt source, the sampler, the oracle (or reward) with its frozen
-parameters, and — in testbed mode — the enumerable testbed with its exact game."""
+parameters, and — in testbed mode — the enumerable testbed with its exact game.
+
+With LoRA (the ``lora`` section) the online loop stores, fits and snapshots the adapters
+alone: π_t, ONPO's π'_t and MNPO's past iterates are adapter trees, the frozen
+``reference`` entry holds the base weights (once), and every policy is run through
+:class:`PolicyView`, which binds the adapters to that base inside the step. π_ref is the
+same base arrays with the adapters off (zero adapters: the low-rank term is exactly 0).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ from flax import nnx
 
 from jaxalign import testbed as tb
 from jaxalign.data import load_prompt_dataset, make_tiny_preference_dataset
-from jaxalign.models import CausalLM, state_shardings
+from jaxalign.models import CausalLM, sequence_logprobs, state_shardings
+from jaxalign.models.lora import LoRAParam, adapted, parameter_report, with_dropout
+from jaxalign.models.sharding import axis_rules
 from jaxalign.testbed.scoring import TestbedModel
 from jaxalign.train import oracles
 from jaxalign.train.rollout import Sampler, place_prompts
@@ -78,6 +87,56 @@ def _shardings_of(tree):
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyView:
+    """The online loop's policies as sampler parameters, inside one step.
+
+    Without LoRA (``base`` None) a policy *is* its parameters. With LoRA a policy is an
+    adapter tree ``p`` and runs as ``merge_state(p, base)`` on the adapted graph; the
+    reference is :meth:`reference` (zero adapters on the same base: adapters off).
+    """
+
+    sampler: Sampler
+    base: nnx.State | None = None
+
+    def full(self, params: nnx.State) -> nnx.State:
+        return params if self.base is None else nnx.merge_state(params, self.base)
+
+    def sample(self, params, key, prompts, **kwargs):
+        """``sampler.sample`` of the policy ``params`` (a ``mixture=(reference, α)`` too)."""
+        if kwargs.get("mixture") is not None:
+            reference, weight = kwargs["mixture"]
+            kwargs["mixture"] = (self.full(reference), weight)
+        return self.sampler.sample(self.full(params), key, prompts, **kwargs)
+
+    def logp(self, params, r, *, dropout: float = 0.0, key=None):
+        """``[B]`` sequence log-probs; with ``dropout`` > 0 and a ``key`` (training
+        forwards only) the adapters drop their inputs."""
+        if dropout == 0 or key is None:
+            return self.sampler.logp(self.full(params), r)
+        return self._train_logprobs(params, r, dropout, key).sequence
+
+    def token_logp(self, params, r, *, dropout: float = 0.0, key=None):
+        """``[B, T]`` per-token log-probs (0 outside the responses); ``dropout`` as
+        :meth:`logp`."""
+        if dropout == 0 or key is None:
+            return self.sampler.token_logp(self.full(params), r)
+        return self._train_logprobs(params, r, dropout, key).tokens
+
+    def _train_logprobs(self, params, r, dropout, key):
+        model = with_dropout(self.sampler.model(self.full(params)), dropout, key=key)
+        return sequence_logprobs(model, r.tokens, r.response_mask, r.attention_mask)
+
+
+def policy_view(sampler: Sampler, frozen_reference, params, lora: bool):
+    """``(view, π_ref)``: the :class:`PolicyView` of a step and the reference policy in the
+    form the loop passes around (LoRA: zero adapters shaped like ``params`` on the frozen
+    base ``frozen_reference``; else ``frozen_reference`` itself)."""
+    if not lora:
+        return PolicyView(sampler), frozen_reference
+    return PolicyView(sampler, frozen_reference), jax.tree.map(jnp.zeros_like, params)
+
+
 class OnlineSetup:
     """Policy, prompts, sampler and oracle of an online run (see the module docstring)."""
 
@@ -105,6 +164,20 @@ class OnlineSetup:
             max_new, pad = online.max_new_tokens, int(self.prompts.pad_token_id)
         self.graphdef, self.abstract_params = abstract_model(self.model_config, ctx.rule_pairs)
         self.param_shardings = state_shardings(self.abstract_params, ctx.mesh, ctx.rule_pairs)
+        # The frozen reference's shardings: π_0's copy, or (LoRA) the base weights.
+        self.reference_shardings = self.param_shardings
+        self.lora = config.lora
+        self.base_graphdef = self.full_params = None
+        if self.lora is not None:
+            # The sampler and the exact scorer run the adapted graph; the loop's parameters
+            # are the adapters (abstract_params), the base is frozen.
+            self.base_graphdef, self.full_params = self.graphdef, self.abstract_params
+            self.graphdef, self.abstract_params, base = common.abstract_lora_model(
+                self.model_config, self.lora, ctx.rule_pairs
+            )
+            self.abstract_base = base
+            self.param_shardings = state_shardings(self.abstract_params, ctx.mesh, ctx.rule_pairs)
+            self.reference_shardings = state_shardings(base, ctx.mesh, ctx.rule_pairs)
         self.sampler = Sampler(self.graphdef, max_new, online.temperature, online.top_p, eos, pad)
         if config.testbed_mode:
             self.exact = TestbedModel(testbed, self.graphdef)
@@ -113,11 +186,13 @@ class OnlineSetup:
         elif config.testbed_mode and (
             config.oracle.kind == "testbed" or config.algorithm.name == "kl_pg"
         ):
-            self.oracle = oracles.testbed_oracle(testbed, self.game, sample=config.oracle.sample)
+            self.oracle = oracles.testbed_oracle(
+                testbed, self.game, sample=config.oracle.sample, flip_rate=config.oracle.flip_rate
+            )
         elif config.algorithm.name != "kl_pg":
             # a learned judge (oracle.path); on the testbed the iterates are still scored
             # exactly on the true game (self.game)
-            self.oracle = build_oracle(ctx)
+            self.oracle = oracles.noisy_oracle(build_oracle(ctx), config.oracle.flip_rate)
         else:
             self.oracle = None
         params = oracles.oracle_params(self.oracle) if self.oracle is not None else None
@@ -139,7 +214,7 @@ class OnlineSetup:
 
     def initial_params(self, key: jax.Array) -> nnx.State:
         """π_0: the pretrained policy, or a fresh one drawn from the run key's first split
-        (sharded at birth)."""
+        (sharded at birth). Under LoRA: the base weights, before adapters."""
         if self._pretrained is not None:
             return jax.tree.map(jnp.copy, self._pretrained)
         model = CausalLM.create(
@@ -150,6 +225,43 @@ class OnlineSetup:
         )
         return nnx.split(model)[1]
 
+    def initial_policy(self, key: jax.Array) -> tuple[nnx.State, nnx.State]:
+        """``(π_0's trained parameters, the frozen reference weights)``: a policy and its
+        separate copy, or under LoRA fresh adapters (B = 0, drawn from ``fold_in(key, 1)``)
+        and the base weights in ``lora.base_dtype`` (the only copy), sharded at birth."""
+        params = self.initial_params(key)
+        if self.lora is None:
+            return params, jax.tree.map(jnp.copy, params)
+        base_graphdef, lora = self.base_graphdef, self.lora
+
+        def init(p):
+            model = adapted(nnx.merge(base_graphdef, p), lora, key=jax.random.fold_in(key, 1))
+            _, adapters, base = nnx.split(model, LoRAParam, ...)
+            return adapters, base
+
+        out = (self.param_shardings, self.reference_shardings)
+        with jax.set_mesh(self.ctx.mesh), axis_rules(self.ctx.rule_pairs):
+            return jax.jit(init, out_shardings=out)(params)
+
+    def view(self, frozen_reference, params) -> tuple[PolicyView, nnx.State]:
+        """``(view, π_ref)`` of one step (:func:`policy_view`)."""
+        return policy_view(self.sampler, frozen_reference, params, self.lora is not None)
+
+    def lora_report(self, tx) -> dict[str, float] | None:
+        """Trainable fraction and optimizer bytes of ``tx`` over the adapters, next to the
+        full model (None without LoRA)."""
+        if self.lora is None:
+            return None
+        return parameter_report(self.abstract_params, self.abstract_base, self.full_params, tx)
+
+    def export(self, params, frozen, directory):
+        """The final policy as an HF checkpoint (LoRA: merged, plus ``<out>/adapter/``)."""
+        if self.lora is None:
+            return common.save_policy(self.graphdef, params, directory)
+        return common.export_model(
+            self.ctx, self.graphdef, params, frozen["reference"], self.lora, directory
+        )
+
     def win_rate(self, params, frozen, step: int) -> dict[str, float]:
         """Prompts mode, every ``logging.eval_every`` steps: the oracle's mean P(y ≻ y') with
         y ~ π_t and y' ~ π_ref on fresh prompts (½ at t = 0 when π_ref = π_0)."""
@@ -157,13 +269,14 @@ class OnlineSetup:
         if self.oracle is None or (step % log.eval_every and step != self.config.run.steps):
             return {}
         if self._win_rate is None:
-            oracle, sample = self.oracle, self.sampler.sample
+            oracle = self.oracle
 
             @jax.jit
             def estimate(params, frozen, tokens, mask, key):
                 k_a, k_b, k_label = jax.random.split(key, 3)
-                a = sample(params, k_a, (tokens, mask))
-                b = sample(frozen["reference"], k_b, (tokens, mask))
+                view, reference = self.view(frozen["reference"], params)
+                a = view.sample(params, k_a, (tokens, mask))
+                b = view.sample(reference, k_b, (tokens, mask))
                 judge = oracles.bind_oracle(oracle, frozen["oracle"])
                 return jnp.mean(jnp.asarray(judge(k_label, a, b), jnp.float32))
 
@@ -196,4 +309,13 @@ def build(ctx: RunContext, *, oracle=None) -> OnlineSetup:
     return OnlineSetup(ctx, oracle=oracle)
 
 
-__all__ = ["FixedPrompt", "OnlineSetup", "build", "build_oracle", "testbed_game", "testbed_reward"]
+__all__ = [
+    "FixedPrompt",
+    "OnlineSetup",
+    "PolicyView",
+    "build",
+    "build_oracle",
+    "policy_view",
+    "testbed_game",
+    "testbed_reward",
+]

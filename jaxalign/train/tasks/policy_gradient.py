@@ -28,7 +28,10 @@ After the first epoch the samples are off-policy for the KL estimator of the los
 GRPO.
 
 The optimizer state persists across steps (one continuous optimisation, unlike the
-per-iteration fits of the Nash algorithms).
+per-iteration fits of the Nash algorithms). With LoRA (``lora``) π_t and the AdamW state
+cover the adapters only; the sampler and the log-probs run the adapted policy and π_ref is
+the frozen base with the adapters off
+(:class:`~jaxalign.train.tasks.online_setup.PolicyView`).
 
 References:
   Williams 1992 (REINFORCE); Ahmadian et al. 2024 (RLOO); Shao et al. 2024 (GRPO);
@@ -58,6 +61,7 @@ from jaxalign.train.oracles import Responses
 from jaxalign.train.rollout import Sampler, place_prompts
 from jaxalign.train.tasks import common, online_setup
 from jaxalign.train.tasks.base import RunContext, Task
+from jaxalign.train.tasks.online_setup import policy_view
 
 
 class PGState(NamedTuple):
@@ -115,11 +119,19 @@ class PGSettings:
 class PGStep:
     """One KL-regularised PG step as a pure function of (state, frozen, prompts, key).
 
-    ``reward(frozen_reward, responses) -> [N]`` scores the sampled sequences.
+    ``reward(frozen_reward, responses) -> [N]`` scores the sampled sequences. ``lora``: the
+    state's parameters are LoRA adapters and ``frozen["reference"]`` the base weights they
+    run on (``sampler`` over the adapted graph); ``dropout``: LoRA dropout of the loss's
+    forwards (epoch ``e`` draws from ``fold_in(fold_in(key, DROPOUT_STREAM), e)``; the
+    sampler, π_old and π_ref run without it).
     """
 
-    def __init__(self, settings: PGSettings, sampler: Sampler, reward):
+    def __init__(
+        self, settings: PGSettings, sampler: Sampler, reward, *, lora: bool = False,
+        dropout: float = 0.0,
+    ):  # fmt: skip
         self.settings, self.sampler, self.reward = settings, sampler, reward
+        self.lora, self.dropout = lora, dropout
         self.tx = settings.optimizer()
 
     def init(self, params) -> PGState:
@@ -129,16 +141,19 @@ class PGStep:
     def __call__(self, state: PGState, frozen, batch: GroupBatch, key):
         c = self.settings
         _, k_sample = jax.random.split(key)
-        r = self.sampler.sample(state.params, k_sample, (batch.tokens, batch.mask))
+        view, ref = policy_view(self.sampler, frozen["reference"], state.params, self.lora)
+        r = view.sample(state.params, k_sample, (batch.tokens, batch.mask))
         reward = jnp.asarray(self.reward(frozen["reward"], r), jnp.float32) * batch.reward_scale
-        ref_logp = jax.lax.stop_gradient(self.sampler.token_logp(frozen["reference"], r))
+        ref_logp = jax.lax.stop_gradient(view.token_logp(ref, r))
         mask = r.response_mask.astype(jnp.float32)
+        drop_key = jax.random.fold_in(key, common.DROPOUT_STREAM) if self.dropout else None
         if c.clipped:
-            return self._clipped_epochs(state, r, reward, ref_logp, mask)
+            return self._clipped_epochs(view, state, r, reward, ref_logp, mask, drop_key)
 
         def loss_fn(p):
+            logp = view.token_logp(p, r, dropout=self.dropout, key=drop_key)
             out = kl_regularized_pg_loss(
-                self.sampler.token_logp(p, r), ref_logp, mask, reward, beta=c.beta,
+                logp, ref_logp, mask, reward, beta=c.beta,
                 group_size=c.group_size, baseline=c.baseline, estimator=c.estimator,
                 kl_mode=c.kl_mode, normalise=c.normalise,
             )  # fmt: skip
@@ -161,28 +176,32 @@ class PGStep:
         }
         return PGState(params, opt_state), metrics
 
-    def _clipped_epochs(self, state: PGState, r: Responses, reward, ref_logp, mask):
+    def _clipped_epochs(
+        self, view, state: PGState, r: Responses, reward, ref_logp, mask, drop_key=None
+    ):
         """``ppo_epochs`` AdamW steps of the clipped surrogate on one sampled batch."""
         c = self.settings
-        old_logp = jax.lax.stop_gradient(self.sampler.token_logp(state.params, r))
+        old_logp = jax.lax.stop_gradient(view.token_logp(state.params, r))
         adv, _ = batch_advantages(
             reward, old_logp, ref_logp, mask, beta=c.beta, group_size=c.group_size,
             baseline=c.baseline, kl_mode=c.kl_mode, normalise=c.normalise,
         )  # fmt: skip
         kl_in_loss = c.kl_mode == "loss"
 
-        def loss_fn(p):
+        def loss_fn(p, epoch_key):
+            logp = view.token_logp(p, r, dropout=self.dropout, key=epoch_key)
             out = clipped_pg_loss(
-                self.sampler.token_logp(p, r), old_logp, ref_logp, mask, adv, beta=c.beta,
+                logp, old_logp, ref_logp, mask, adv, beta=c.beta,
                 clip_low=c.clip_low, clip_high=c.clip_high, ratio_level=c.ratio_level,
                 loss_aggregation=c.loss_aggregation,
                 estimator=c.estimator if kl_in_loss else "k1", kl_in_loss=kl_in_loss,
             )  # fmt: skip
             return out.loss, out
 
-        def epoch(carry, _):
+        def epoch(carry, e):
             params, opt_state = carry
-            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            epoch_key = common.micro_key(drop_key, e)
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, epoch_key)
             with jax.numpy_dtype_promotion("standard"):
                 updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
@@ -197,8 +216,9 @@ class PGStep:
             }
             return (params, opt_state), m
 
+        epochs = None if drop_key is None else jnp.arange(c.ppo_epochs)
         (params, opt_state), per_epoch = jax.lax.scan(
-            epoch, (state.params, state.opt_state), None, length=c.ppo_epochs
+            epoch, (state.params, state.opt_state), epochs, length=c.ppo_epochs
         )
         # Loss, KL and gradient norm at the sampling policy (epoch 1, comparable with plain
         # REINFORCE); clipping and ratio statistics averaged over the epochs.
@@ -279,7 +299,9 @@ class PolicyGradientTask(Task):
                 return rewards(nnx.merge(rm_graphdef, params), r.tokens, r.attention_mask)
 
             reward_shardings = jax.tree.map(lambda x: x.sharding, self._reward)
-        self.pg = PGStep(self.settings, self.setup.sampler, reward)
+        self.pg = PGStep(self.settings, self.setup.sampler, reward, lora=config.lora is not None,
+                         dropout=common.lora_dropout(config))  # fmt: skip
+        self.lora_report = self.setup.lora_report(self.pg.tx)
         params_sh = self.setup.param_shardings
         with jax.numpy_dtype_promotion("standard"):
             opt_abstract = jax.eval_shape(self.pg.tx.init, self.setup.abstract_params)
@@ -288,18 +310,29 @@ class PolicyGradientTask(Task):
             self.pg.tx, lambda _, s: s, opt_abstract, params_sh, transform_non_params=lambda _: repl
         )
         self.state_shardings = PGState(params_sh, opt_sh)
-        self.frozen_shardings = {"reference": params_sh, "reward": reward_shardings}
+        self.frozen_shardings = {
+            "reference": self.setup.reference_shardings,
+            "reward": reward_shardings,
+        }
         row = batch_sharding(ctx.mesh, ctx.rules, ndim=2)
         self.batch_shardings = GroupBatch(row, row, None)
         self.objective: KLObjective | None = None
         self.records: list[dict[str, float]] = []
 
     def init(self, key: jax.Array) -> PGState:
-        params = self.setup.initial_params(key)
-        self.frozen = {"reference": jax.tree.map(jnp.copy, params), "reward": self._reward}
+        # π_ref = π_0 (a copy), or under LoRA the frozen base (adapters off).
+        params, reference = self.setup.initial_policy(key)
+        self.frozen = {"reference": reference, "reward": self._reward}
         if self.setup.exact is not None:
-            self._log_probs = jax.jit(self.setup.exact.log_probs)
-            log_ref = self._log_probs(self.frozen["reference"])
+            exact, lora = self.setup.exact, self.config.lora is not None
+
+            @jax.jit
+            def log_probs(p, frozen_reference):
+                view, _ = policy_view(None, frozen_reference, p, lora)
+                return exact.log_probs(view.full(p))
+
+            self._log_probs = lambda p: log_probs(p, reference)
+            log_ref = self._log_probs(policy_view(None, reference, params, lora)[1])
             self.objective = KLObjective(log_ref, self._reward, self.settings.beta)
             self.initial = self.objective.scores(log_ref)
         return self.pg.init(params)
@@ -333,10 +366,11 @@ class PolicyGradientTask(Task):
         self.records = list(position.get("records", []))
 
     def describe(self) -> list[str]:
-        return self.setup.describe()
+        return [*common.lora_describe(self.lora_report), *self.setup.describe()]
 
     def summary(self, history) -> dict[str, Any]:
         out = common.loss_summary(history, "reward_mean", "kl_estimate")
+        out.update(common.lora_summary(self.lora_report))
         if history:
             out["final_reward_mean"] = history[-1]["reward_mean"]
         if self.objective is None:
@@ -362,7 +396,7 @@ class PolicyGradientTask(Task):
         return out
 
     def export(self, state: PGState, directory: Path) -> Path:
-        return common.save_policy(self.setup.graphdef, state.params, directory)
+        return self.setup.export(state.params, self.frozen, directory)
 
 
 __all__ = [

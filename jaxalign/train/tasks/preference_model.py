@@ -87,8 +87,10 @@ from jaxalign.models import (
     RewardModel,
     axis_rules,
     preference_model_from_pretrained,
+    state_shardings,
 )
 from jaxalign.models.heads import preference_logit
+from jaxalign.models.lora import merge_adapters, parameter_report
 from jaxalign.parallel import shard_batch
 from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.optim import make_optimizer
@@ -179,9 +181,11 @@ def preference_cross_entropy(logit: jax.Array, label: jax.Array) -> jax.Array:
 _SUMMED = ("loss", "accuracy")
 
 
-def _pair_sums(params, batch: PairBatch, *, graphdef):
-    """Summed (over real rows, both orders) loss, metric sums and the antisymmetry error."""
-    model = nnx.merge(graphdef, params)
+def _pair_sums(params, batch: PairBatch, *, graphdef, frozen=None, dropout=0.0, key=None):
+    """Summed (over real rows, both orders) loss, metric sums and the antisymmetry error
+    (LoRA: ``params`` the adapters and heads on the frozen trunk weights ``frozen``, adapter
+    dropout ``dropout`` drawn from ``key``)."""
+    model = common.policy_model(graphdef, params, frozen, dropout=dropout, key=key)
     rows = ordered_pair_logits(model, batch)
     w, s, y = rows.weight, rows.logit, rows.label
     loss = preference_cross_entropy(s, y)
@@ -204,6 +208,9 @@ def preference_model_train_step(
     lr_schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    frozen: nnx.State | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One cross-entropy step of a preference model (pure; jit it with ``state`` donated).
 
@@ -220,18 +227,25 @@ def preference_model_train_step(
         tx, lr_schedule: the optimizer and its schedule (for the ``lr`` metric).
         grad_accum_steps: micro-batches ``k``.
         batch_sharding: sharding of a ``(batch, length)`` micro-batch array, or None.
+        frozen: LoRA: the frozen trunk weights; ``state.params`` are then the adapters and
+            the ``reward`` / ``embedding`` heads, ``graphdef`` the adapted graph.
+        dropout, key: LoRA dropout rate on the adapters' input and this step's key (None:
+            no dropout; micro-batch ``i`` draws from ``fold_in(key, i)``).
 
     Returns:
         ``(new_state, metrics)`` (see the module docstring).
     """
     k = grad_accum_steps
-    grad_fn = jax.grad(functools.partial(_pair_sums, graphdef=graphdef), has_aux=True)
+    sums_fn = functools.partial(_pair_sums, graphdef=graphdef, frozen=frozen, dropout=dropout)
+    grad_fn = jax.grad(lambda p, mb, mb_key: sums_fn(p, mb, key=mb_key), has_aux=True)
     if k == 1:
-        grads, (sums, antisymmetry) = grad_fn(state.params, batch)
+        grads, (sums, antisymmetry) = grad_fn(state.params, batch, key)
     else:
 
-        def body(carry, mb):
-            g, (s, a) = grad_fn(state.params, constrain_micro_batch(mb, batch_sharding))
+        def body(carry, xs):
+            mb, i = xs if key is not None else (xs, None)
+            mb = constrain_micro_batch(mb, batch_sharding)
+            g, (s, a) = grad_fn(state.params, mb, common.micro_key(key, i))
             g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
             acc_g, acc_s, acc_a = carry
             return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, s),
@@ -239,7 +253,9 @@ def preference_model_train_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         init = (zeros, {n: jnp.zeros((), jnp.float32) for n in _SUMMED}, jnp.zeros(()))
-        (grads, sums, antisymmetry), _ = jax.lax.scan(body, init, split_micro_batches(batch, k))
+        micro = split_micro_batches(batch, k)
+        xs = micro if key is None else (micro, jnp.arange(k))
+        (grads, sums, antisymmetry), _ = jax.lax.scan(body, init, xs)
     count = jnp.maximum(2 * jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
     grads = jax.tree.map(
         lambda g, p: (g.astype(jnp.float32) / count).astype(p.dtype), grads, state.params
@@ -258,10 +274,10 @@ def preference_model_train_step(
     return new_state, metrics
 
 
-def _eval_sums(params, batch: PairBatch, *, graphdef):
+def _eval_sums(params, frozen, batch: PairBatch, *, graphdef):
     """(summed loss, correctly ordered pairs, real pairs) of one held-out batch (one order:
     both orders give the same values for an antisymmetric head)."""
-    model = nnx.merge(graphdef, params)
+    model = common.policy_model(graphdef, params, frozen)
     rows = ordered_pair_logits(model, batch)
     b = batch.label.shape[0]
     s, w = rows.logit[:b], batch.example_mask
@@ -427,6 +443,13 @@ class PreferenceModelParts:
     lr_schedule: Any
     shardings: Shardings
     pretrained: nnx.State | None
+    lora: Any = None  # LoRAConfig: adapters on the trunk, the heads trained whole
+    base_graphdef: nnx.GraphDef | None = None  # LoRA: the plain model's graph
+    report: dict[str, float] | None = None  # LoRA: trainable fraction, optimizer bytes
+
+
+#: The preference model's new heads: fully trained under LoRA.
+HEADS = ("reward", "embedding")
 
 
 def build_preference_model(ctx: RunContext, total_steps: int) -> PreferenceModelParts:
@@ -461,10 +484,21 @@ def build_preference_model(ctx: RunContext, total_steps: int) -> PreferenceModel
         )
     graphdef, abstract_params = nnx.split(abstract)
     tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, total_steps)
-    shardings = train_shardings(abstract_params, tx, ctx.mesh, ctx.rule_pairs)
-    return PreferenceModelParts(
-        model_config, rank, graphdef, tx, lr_schedule, shardings, pretrained
+    if config.lora is None:
+        shardings = train_shardings(abstract_params, tx, ctx.mesh, ctx.rule_pairs)
+        return PreferenceModelParts(
+            model_config, rank, graphdef, tx, lr_schedule, shardings, pretrained
+        )
+    build = lambda: PreferenceModel(model_config, rngs=nnx.Rngs(params=jax.random.key(0)),
+                                    rank=rank)  # fmt: skip
+    lora_graphdef, trainable, frozen = common.abstract_lora_with_heads(
+        build, config.lora, HEADS, ctx.rule_pairs
     )
+    shardings = train_shardings(trainable, tx, ctx.mesh, ctx.rule_pairs)
+    shardings = shardings._replace(reference=state_shardings(frozen, ctx.mesh, ctx.rule_pairs))
+    report = parameter_report(trainable, frozen, abstract_params, tx)
+    return PreferenceModelParts(model_config, rank, lora_graphdef, tx, lr_schedule, shardings,
+                                pretrained, config.lora, graphdef, report)  # fmt: skip
 
 
 class PreferenceModelTask(Task):
@@ -481,6 +515,8 @@ class PreferenceModelTask(Task):
         self.model_config = self.pm.config
         sh = self.pm.shardings
         self.state_shardings = sh.state
+        # LoRA: the frozen trunk weights (no frozen model otherwise).
+        self.frozen_shardings = sh.reference if self.pm.lora is not None else None
         self.batch_shardings = PairBatch(*(sh.batch,) * 4, sh.example, sh.example)
         self._step = functools.partial(
             preference_model_train_step,
@@ -489,13 +525,16 @@ class PreferenceModelTask(Task):
             lr_schedule=self.pm.lr_schedule,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
+            dropout=common.lora_dropout(config),
         )
         self.tokenizer = self.loader = self.eval_dataset = None
         if self.on_testbed:
             self.testbed, self.preference = testbed_setup(config)
             graphdef = self.pm.graphdef
             self._matrix = jax.jit(
-                lambda params: testbed_preference_matrix(nnx.merge(graphdef, params), self.testbed)
+                lambda params, frozen: testbed_preference_matrix(
+                    common.policy_model(graphdef, params, frozen), self.testbed
+                )
             )
             return
         self.tokenizer = common.load_run_tokenizer(ctx)
@@ -520,14 +559,29 @@ class PreferenceModelTask(Task):
             if params is None:
                 model = PreferenceModel(pm.config, rngs=nnx.Rngs(params=k), rank=pm.rank)
                 params = nnx.split(model)[1]
-            return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                              jax.random.key_data(step_key))  # fmt: skip
+            frozen = None
+            if pm.lora is not None:  # adapters from fold_in(init key, 1), B = 0
+                model = nnx.merge(pm.base_graphdef, params)
+                adapter_key = jax.random.fold_in(init_key, 1)
+                params, frozen = common.adapted_with_heads(model, pm.lora, HEADS, key=adapter_key)
+            state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                               jax.random.key_data(step_key))  # fmt: skip
+            return state if pm.lora is None else (state, frozen)
 
         shardings = pm.shardings
+        out = shardings.state if pm.lora is None else (shardings.state, shardings.reference)
         if pm.pretrained is None:
-            return sharded_init(lambda k: make(k, None), shardings.state, init_key)
-        params = jax.device_put(pm.pretrained, shardings.reference)
-        return sharded_init(lambda p: make(None, p), shardings.state, params)
+            made = sharded_init(lambda k: make(k, None), out, init_key)
+        else:
+            # Under LoRA the checkpoint is already placed (from_pretrained) and split in make.
+            params = pm.pretrained
+            if pm.lora is None:
+                params = jax.device_put(params, shardings.reference)
+            made = sharded_init(lambda p: make(None, p), out, params)
+        if pm.lora is None:
+            return made
+        state, self.frozen = made
+        return state
 
     def batch(self, step: int, key: jax.Array):
         if self.on_testbed:
@@ -549,8 +603,9 @@ class PreferenceModelTask(Task):
         return batch._replace(example_mask=batch.example_mask * np.float32(np.nan))
 
     def step(self, state, frozen, batch, key):
-        del frozen, key  # no frozen model; the testbed pairs are drawn in batch()
-        return self._step(state, batch)
+        # frozen: the LoRA trunk, or None; the key only feeds the LoRA dropout (the testbed
+        # pairs are drawn in batch()).
+        return self._step(state, batch, frozen=frozen, key=common.dropout_key(self.config, key))
 
     def flops(self, batch) -> float:
         rows, length = batch.tokens_a.shape
@@ -561,7 +616,7 @@ class PreferenceModelTask(Task):
         if not eval_every(self.config, step):
             return {}
         if self.on_testbed:
-            estimate = np.asarray(jax.device_get(self._matrix(state.params)))
+            estimate = np.asarray(jax.device_get(self._matrix(state.params, self.frozen)))
             return {f"eval_{k}": v for k, v in testbed_errors(estimate, self.preference).items()}
         if self.eval_dataset is None:
             return {}
@@ -577,7 +632,7 @@ class PreferenceModelTask(Task):
         for batch in loader:
             batch = shard_batch(pairs_from_preference_batch(batch), self.ctx.mesh,
                                 self.ctx.rules, logical_axes=("batch",))  # fmt: skip
-            sums = jax.device_get(self._eval(state.params, batch))
+            sums = jax.device_get(self._eval(state.params, self.frozen, batch))
             loss, correct, pairs = (loss + float(sums[0]), correct + float(sums[1]),
                                     pairs + float(sums[2]))  # fmt: skip
         return {"eval_loss": loss / max(pairs, 1.0), "eval_accuracy": correct / max(pairs, 1.0)}
@@ -590,6 +645,9 @@ class PreferenceModelTask(Task):
             self.loader.restore(position["data"])
 
     def describe(self) -> list[str]:
+        return [*common.lora_describe(self.pm.report), *self._describe_data()]
+
+    def _describe_data(self) -> list[str]:
         if self.on_testbed:
             t = self.config.testbed
             label = "Bernoulli(P)" if self.config.oracle.sample else "soft P"
@@ -608,16 +666,20 @@ class PreferenceModelTask(Task):
         if self.on_testbed:
             keys = (*keys, "eval_max_abs_error", "eval_mean_abs_error")
         out = common.loss_summary(history, *keys)
+        out.update(common.lora_summary(self.pm.report))
         if not self.on_testbed:
             out["data"] = self.loader.dataset.stats
         return out
 
     def export(self, state, directory: Path) -> Path:
         """The preference model by ``save_pretrained`` (``oracle.kind: preference_model``
-        loads it), with the tokenizer on text data."""
+        loads it), with the tokenizer on text data. LoRA: the adapters merged into the trunk
+        (the heads are not HF modules, so there is no PEFT adapter export)."""
         from jaxalign.models import save_pretrained
 
-        model = nnx.merge(self.pm.graphdef, state.params)
+        model = common.policy_model(self.pm.graphdef, state.params, self.frozen)
+        if self.pm.lora is not None:
+            model = merge_adapters(model)
         extra = {}
         if self.tokenizer is not None:
             extra["pad_token_id"] = pad_token_id(self.tokenizer)

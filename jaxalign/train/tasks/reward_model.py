@@ -26,6 +26,12 @@ held-out pairs (``data.eval_path``, or a held-out tiny file). The final model is
 checkpoint (with the tokenizer), which ``transformers`` loads and which ``oracle.path`` of
 the online algorithms accepts.
 
+With LoRA (``lora``) the trunk gets adapters and the ``score`` head stays fully trainable (it
+is new): the train state and AdamW state cover the adapters and the head, the trunk's base
+weights are frozen (``lora.base_dtype``); the export merges the adapters into the
+``*ForSequenceClassification`` checkpoint and writes ``<out>/adapter/`` in the PEFT format
+(``task_type: SEQ_CLS``, the head as ``modules_to_save``).
+
 References:
   Bradley, R. A. and Terry, M. E. (1952). Rank Analysis of Incomplete Block Designs.
   Ouyang, L. et al. (2022). Training language models to follow instructions with human
@@ -55,7 +61,14 @@ from jaxalign.data import (
     make_tiny_preference_dataset,
     pad_token_id,
 )
-from jaxalign.models import ModelConfig, RewardModel, axis_rules, reward_model_from_pretrained
+from jaxalign.models import (
+    ModelConfig,
+    RewardModel,
+    axis_rules,
+    reward_model_from_pretrained,
+    state_shardings,
+)
+from jaxalign.models.lora import merge_adapters, parameter_report, save_adapter
 from jaxalign.parallel import shard_batch
 from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.optim import make_optimizer
@@ -123,9 +136,14 @@ def bradley_terry_loss(
 _SUMMED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "reward_mean")
 
 
-def _pair_sums(params, batch: PreferenceBatch, *, graphdef, margin, center_weight):
-    """Summed (over real pairs) loss and metric sums of one (micro-)batch."""
-    model = nnx.merge(graphdef, params)
+def _pair_sums(
+    params, batch: PreferenceBatch, *, graphdef, margin, center_weight, frozen=None,
+    dropout=0.0, key=None,
+):  # fmt: skip
+    """Summed (over real pairs) loss and metric sums of one (micro-)batch (LoRA: ``params``
+    the adapters and head on the frozen trunk weights ``frozen``, adapter dropout
+    ``dropout`` drawn from ``key``)."""
+    model = common.policy_model(graphdef, params, frozen, dropout=dropout, key=key)
     ids = jnp.concatenate([batch.chosen_input_ids, batch.rejected_input_ids])
     attn = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask])
     r = model(ids, attention_mask=attn)[:, 0]  # one trunk pass for both sides
@@ -156,6 +174,9 @@ def reward_model_train_step(
     center_weight: float = 0.0,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    frozen: nnx.State | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One Bradley–Terry optimizer step of a reward model (pure; jit it with ``state`` donated).
 
@@ -172,6 +193,10 @@ def reward_model_train_step(
         margin, center_weight: ``m`` and ``λ`` of :func:`bradley_terry_loss`.
         grad_accum_steps: micro-batches ``k``.
         batch_sharding: sharding of a ``(batch, length)`` micro-batch array, or None.
+        frozen: LoRA: the frozen trunk weights; ``state.params`` are then the adapters and
+            the ``score`` head, ``graphdef`` the adapted graph.
+        dropout, key: LoRA dropout rate on the adapters' input and this step's key (None:
+            no dropout; micro-batch ``i`` draws from ``fold_in(key, i)``).
 
     Returns:
         ``(new_state, metrics)`` (see the module docstring).
@@ -179,21 +204,26 @@ def reward_model_train_step(
 
     k = grad_accum_steps
     sums_fn = functools.partial(
-        _pair_sums, graphdef=graphdef, margin=margin, center_weight=center_weight
-    )
-    grad_fn = jax.grad(sums_fn, has_aux=True)
+        _pair_sums, graphdef=graphdef, margin=margin, center_weight=center_weight, frozen=frozen,
+        dropout=dropout,
+    )  # fmt: skip
+    grad_fn = jax.grad(lambda p, mb, mb_key: sums_fn(p, mb, key=mb_key), has_aux=True)
     if k == 1:
-        grads, sums = grad_fn(state.params, batch)
+        grads, sums = grad_fn(state.params, batch, key)
     else:
 
-        def body(carry, mb):
-            g, s = grad_fn(state.params, constrain_micro_batch(mb, batch_sharding))
+        def body(carry, xs):
+            mb, i = xs if key is not None else (xs, None)
+            mb = constrain_micro_batch(mb, batch_sharding)
+            g, s = grad_fn(state.params, mb, common.micro_key(key, i))
             g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
             return jax.tree.map(jnp.add, carry, (g, s)), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         init = (zeros, {n: jnp.zeros((), jnp.float32) for n in _SUMMED})
-        (grads, sums), _ = jax.lax.scan(body, init, split_micro_batches(batch, k))
+        micro = split_micro_batches(batch, k)
+        xs = micro if key is None else (micro, jnp.arange(k))
+        (grads, sums), _ = jax.lax.scan(body, init, xs)
     count = jnp.maximum(jnp.sum(batch.example_mask), jnp.ones((), jnp.float32))
     grads = jax.tree.map(
         lambda g, p: (g.astype(jnp.float32) / count).astype(p.dtype), grads, state.params
@@ -211,11 +241,12 @@ def reward_model_train_step(
     return new_state, metrics
 
 
-def _eval_sums(params, batch, *, graphdef, margin, center_weight):
+def _eval_sums(params, frozen, batch, *, graphdef, margin, center_weight):
     """(summed loss, correctly ordered pairs, real pairs) of one held-out batch."""
     _, sums = _pair_sums(
-        params, batch, graphdef=graphdef, margin=margin, center_weight=center_weight
-    )
+        params, batch, graphdef=graphdef, margin=margin, center_weight=center_weight,
+        frozen=frozen,
+    )  # fmt: skip
     return sums["loss"], sums["accuracy"], jnp.sum(batch.example_mask)
 
 
@@ -229,6 +260,13 @@ class RewardModelParts:
     lr_schedule: Any
     shardings: Shardings
     pretrained: nnx.State | None
+    lora: Any = None  # LoRAConfig: adapters on the trunk, the head trained whole
+    base_graphdef: nnx.GraphDef | None = None  # LoRA: the plain model's graph
+    report: dict[str, float] | None = None  # LoRA: trainable fraction, optimizer bytes
+
+
+#: The reward model's new head: fully trained under LoRA.
+HEADS = ("score",)
 
 
 def build_reward_model(ctx: RunContext, total_steps: int) -> RewardModelParts:
@@ -260,8 +298,18 @@ def build_reward_model(ctx: RunContext, total_steps: int) -> RewardModelParts:
         )
     graphdef, abstract_params = nnx.split(abstract)
     tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, total_steps)
-    shardings = train_shardings(abstract_params, tx, ctx.mesh, ctx.rule_pairs)
-    return RewardModelParts(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
+    if config.lora is None:
+        shardings = train_shardings(abstract_params, tx, ctx.mesh, ctx.rule_pairs)
+        return RewardModelParts(model_config, graphdef, tx, lr_schedule, shardings, pretrained)
+    build = lambda: RewardModel(model_config, rngs=nnx.Rngs(params=jax.random.key(0)))
+    lora_graphdef, trainable, frozen = common.abstract_lora_with_heads(
+        build, config.lora, HEADS, ctx.rule_pairs
+    )
+    shardings = train_shardings(trainable, tx, ctx.mesh, ctx.rule_pairs)
+    shardings = shardings._replace(reference=state_shardings(frozen, ctx.mesh, ctx.rule_pairs))
+    report = parameter_report(trainable, frozen, abstract_params, tx)
+    return RewardModelParts(model_config, lora_graphdef, tx, lr_schedule, shardings, pretrained,
+                            config.lora, graphdef, report)  # fmt: skip
 
 
 class RewardModelTask(Task):
@@ -279,6 +327,8 @@ class RewardModelTask(Task):
         self.model_config = self.rm.config
         sh = self.rm.shardings
         self.state_shardings = sh.state
+        # LoRA: the frozen trunk weights (no frozen model otherwise).
+        self.frozen_shardings = sh.reference if self.rm.lora is not None else None
         (data,) = common.preference_data_configs(ctx, 1)
         (self.loader,) = common.preference_loaders(ctx, self.tokenizer, [data], sh.batch)
         self.batch_shardings = PreferenceBatch(*(sh.batch,) * 6, sh.example)
@@ -291,6 +341,7 @@ class RewardModelTask(Task):
             lr_schedule=self.rm.lr_schedule,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
+            dropout=common.lora_dropout(config),
             **hyper,
         )
         self._eval = jax.jit(functools.partial(_eval_sums, graphdef=self.rm.graphdef, **hyper))
@@ -306,20 +357,35 @@ class RewardModelTask(Task):
 
     def init(self, key: jax.Array):
         init_key, step_key = jax.random.split(key)
-        tx = self.rm.tx
+        tx, rm = self.rm.tx, self.rm
 
         def make(k, params):
             if params is None:
-                model = RewardModel(self.rm.config, rngs=nnx.Rngs(params=k))
+                model = RewardModel(rm.config, rngs=nnx.Rngs(params=k))
                 params = nnx.split(model)[1]
-            return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                              jax.random.key_data(step_key))  # fmt: skip
+            frozen = None
+            if rm.lora is not None:  # adapters from fold_in(init key, 1), B = 0
+                model = nnx.merge(rm.base_graphdef, params)
+                adapter_key = jax.random.fold_in(init_key, 1)
+                params, frozen = common.adapted_with_heads(model, rm.lora, HEADS, key=adapter_key)
+            state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                               jax.random.key_data(step_key))  # fmt: skip
+            return state if rm.lora is None else (state, frozen)
 
-        shardings = self.rm.shardings
-        if self.rm.pretrained is None:
-            return sharded_init(lambda k: make(k, None), shardings.state, init_key)
-        params = jax.device_put(self.rm.pretrained, shardings.reference)
-        return sharded_init(lambda p: make(None, p), shardings.state, params)
+        shardings = rm.shardings
+        out = shardings.state if rm.lora is None else (shardings.state, shardings.reference)
+        if rm.pretrained is None:
+            made = sharded_init(lambda k: make(k, None), out, init_key)
+        else:
+            # Under LoRA the checkpoint is already placed (from_pretrained) and split in make.
+            params = rm.pretrained
+            if rm.lora is None:
+                params = jax.device_put(params, shardings.reference)
+            made = sharded_init(lambda p: make(None, p), out, params)
+        if rm.lora is None:
+            return made
+        state, self.frozen = made
+        return state
 
     def batch(self, step: int, key: jax.Array):
         return shard_batch(
@@ -333,8 +399,8 @@ class RewardModelTask(Task):
         return batch._replace(example_mask=batch.example_mask * np.float32(np.nan))
 
     def step(self, state, frozen, batch, key):
-        del frozen, key  # no frozen model, nothing drawn
-        return self._step(state, batch)
+        # frozen: the LoRA trunk, or None; the key only feeds the LoRA dropout (if any).
+        return self._step(state, batch, frozen=frozen, key=common.dropout_key(self.config, key))
 
     def flops(self, batch) -> float:
         rows, length = batch.chosen_input_ids.shape
@@ -355,7 +421,7 @@ class RewardModelTask(Task):
         loss = correct = pairs = 0.0
         for batch in loader:
             batch = shard_batch(batch, self.ctx.mesh, self.ctx.rules, logical_axes=("batch",))
-            sums = jax.device_get(self._eval(state.params, batch))
+            sums = jax.device_get(self._eval(state.params, self.frozen, batch))
             loss, correct, pairs = (
                 loss + float(sums[0]),
                 correct + float(sums[1]),
@@ -371,7 +437,8 @@ class RewardModelTask(Task):
             self.loader.restore(position["data"])
 
     def describe(self) -> list[str]:
-        lines = [format_data_stats(self.loader.dataset.stats)]
+        lines = [*common.lora_describe(self.rm.report)]
+        lines.append(format_data_stats(self.loader.dataset.stats))
         if self.eval_dataset is not None:
             lines.append("held-out " + format_data_stats(self.eval_dataset.stats))
         pad, eos = pad_token_id(self.tokenizer), getattr(self.tokenizer, "eos_token_id", None)
@@ -385,6 +452,7 @@ class RewardModelTask(Task):
 
     def summary(self, history) -> dict[str, Any]:
         out = {**common.loss_summary(history, "accuracy", "eval_accuracy", "eval_loss"),
+               **common.lora_summary(self.rm.report),
                "data": self.loader.dataset.stats}  # fmt: skip
         evals = [r["eval_accuracy"] for r in history if "eval_accuracy" in r]
         if evals:
@@ -394,10 +462,23 @@ class RewardModelTask(Task):
     def export(self, state, directory: Path) -> Path:
         """The reward model as an HF ``*ForSequenceClassification`` checkpoint (+ tokenizer);
         ``pad_token_id`` is the tokenizer's, which transformers needs to find the last real
-        token of a padded batch."""
+        token of a padded batch. LoRA: the adapters merged into the trunk, and the PEFT
+        adapter (``SEQ_CLS``, the trained ``score`` head as ``modules_to_save``) in
+        ``<out>/adapter/``."""
         from jaxalign.models import save_pretrained
 
-        model = nnx.merge(self.rm.graphdef, state.params)
+        model = common.policy_model(self.rm.graphdef, state.params, self.frozen)
+        if self.rm.lora is not None:
+            head = np.asarray(jax.device_get(model.score.kernel.get_value()), np.float32)
+            save_adapter(
+                model,
+                self.rm.lora,
+                directory.parent / "adapter",
+                base_model_name_or_path=self.config.init.pretrained,
+                task_type="SEQ_CLS",
+                modules_to_save={"score": {"weight": head.T}},
+            )
+            model = merge_adapters(model)
         path = save_pretrained(
             model, directory, extra_config={"pad_token_id": pad_token_id(self.tokenizer)}
         )

@@ -75,9 +75,20 @@ def sft_token_logprobs(model, batch: SFTBatch | PackedSFTBatch) -> jax.Array:
     )
 
 
-def sft_nll_sum(params: nnx.State, batch, *, graphdef: nnx.GraphDef) -> jax.Array:
-    """``Σ_{b,t} m_bt · (−log π(x_bt | x_b,<t))``: the summed completion-token NLL."""
-    logp = sft_token_logprobs(nnx.merge(graphdef, params), batch)
+def sft_nll_sum(
+    params: nnx.State,
+    batch,
+    *,
+    graphdef: nnx.GraphDef,
+    frozen: nnx.State | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """``Σ_{b,t} m_bt · (−log π(x_bt | x_b,<t))``: the summed completion-token NLL (LoRA:
+    ``params`` the adapters on the frozen base weights ``frozen``, adapter dropout
+    ``dropout`` drawn from ``key``)."""
+    model = common.policy_model(graphdef, params, frozen, dropout=dropout, key=key)
+    logp = sft_token_logprobs(model, batch)
     mask = batch.loss_mask.astype(jnp.float32)
     # where, not a product alone: a padding position's log-prob may be -inf.
     return -jnp.sum(jnp.where(mask != 0, logp, jnp.zeros((), jnp.float32)) * mask)
@@ -111,23 +122,32 @@ def sft_gradient(
     graphdef: nnx.GraphDef,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    frozen: nnx.State | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[nnx.State, jax.Array, jax.Array]:
     """``(∇ mean token NLL, mean token NLL, completion tokens)`` of a global batch (steps 1-2
-    of the module docstring)."""
+    of the module docstring); LoRA: the gradient over the adapters ``params`` only, with
+    adapter dropout ``dropout`` (micro-batch ``i`` draws from ``fold_in(key, i)``)."""
     k = grad_accum_steps
-    grad_fn = jax.value_and_grad(functools.partial(sft_nll_sum, graphdef=graphdef))
+    nll_sum = functools.partial(sft_nll_sum, graphdef=graphdef, frozen=frozen, dropout=dropout)
+    grad_fn = jax.value_and_grad(lambda p, mb, mb_key: nll_sum(p, mb, key=mb_key))
     if k == 1:
-        nll, grads = grad_fn(params, batch)
+        nll, grads = grad_fn(params, batch, key)
     else:
+        micro = split_micro_batches(batch, k)
 
-        def body(carry, mb):
-            nll, g = grad_fn(params, constrain_micro_batch(mb, batch_sharding))
+        def body(carry, xs):
+            mb, i = xs if key is not None else (xs, None)
+            mb_key = common.micro_key(key, i)
+            nll, g = grad_fn(params, constrain_micro_batch(mb, batch_sharding), mb_key)
             g = jax.tree.map(lambda x: x.astype(jnp.float32), g)  # accumulate in float32
             return jax.tree.map(jnp.add, carry, (nll, g)), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         init = (jnp.zeros((), jnp.float32), zeros)
-        (nll, grads), _ = jax.lax.scan(body, init, split_micro_batches(batch, k))
+        xs = micro if key is None else (micro, jnp.arange(k))
+        (nll, grads), _ = jax.lax.scan(body, init, xs)
     targets = jnp.sum(batch.loss_mask.astype(jnp.float32))
     count = jnp.maximum(targets, jnp.ones((), jnp.float32))
     grads = jax.tree.map(
@@ -145,6 +165,9 @@ def sft_train_step(
     lr_schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     batch_sharding: Any = None,
+    frozen: nnx.State | None = None,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SFT optimizer step (pure; jit it with ``state`` donated).
 
@@ -157,6 +180,10 @@ def sft_train_step(
         grad_accum_steps: micro-batches ``k`` (rows divisible by ``k``).
         batch_sharding: sharding of a ``(rows, length)`` micro-batch array (None: no
             constraint).
+        frozen: LoRA: the frozen base weights; ``state.params`` are then the adapters
+            (the only arrays with optimizer state) and ``graphdef`` the adapted graph.
+        dropout, key: LoRA dropout rate on the adapters' input and this step's key (None:
+            no dropout, bitwise the dropout-free step).
 
     Returns:
         ``(new_state, metrics)``; see the module docstring.
@@ -167,6 +194,9 @@ def sft_train_step(
         graphdef=graphdef,
         grad_accum_steps=grad_accum_steps,
         batch_sharding=batch_sharding,
+        frozen=frozen,
+        dropout=dropout,
+        key=key,
     )
     new_state, update_metrics = apply_gradients(
         state, grads, tx, lr_schedule, ok=jnp.isfinite(loss)
@@ -247,6 +277,9 @@ class SFTTask(Task):
         self.model_config = self.policy.config
         sh = self.policy.shardings
         self.state_shardings = sh.state
+        self.lora = self.policy.lora
+        # LoRA: the frozen base weights the adapters run on (no reference model otherwise).
+        self.frozen_shardings = sh.reference if self.lora is not None else None
         data = config.data
         if not data.path:
             tiny = config.tiny_data
@@ -289,6 +322,7 @@ class SFTTask(Task):
             lr_schedule=self.policy.lr_schedule,
             grad_accum_steps=config.optimizer.grad_accum_steps,
             batch_sharding=sh.batch,
+            dropout=common.lora_dropout(config),
         )
         self._eval = jax.jit(functools.partial(_eval_sums, graphdef=self.policy.graphdef))
 
@@ -299,6 +333,9 @@ class SFTTask(Task):
         )
 
     def init(self, key: jax.Array):
+        if self.lora is not None:
+            state, self.frozen = self.policy.init_lora(key, self.ctx.rule_pairs)
+            return state
         return self.policy.init_state(key, self.ctx.rule_pairs)
 
     def batch(self, step: int, key: jax.Array):
@@ -311,8 +348,8 @@ class SFTTask(Task):
         return batch._replace(loss_mask=batch.loss_mask * np.float32(np.nan))
 
     def step(self, state, frozen, batch, key):
-        del frozen, key  # SFT has no frozen model and draws nothing
-        return self._step(state, batch)
+        # frozen: the LoRA base, or None; the key only feeds the LoRA dropout (if any).
+        return self._step(state, batch, frozen=frozen, key=common.dropout_key(self.config, key))
 
     def flops(self, batch) -> float:
         rows, length = batch.input_ids.shape
@@ -325,7 +362,7 @@ class SFTTask(Task):
         nll = count = 0.0
         for batch in self._fresh_eval_loader():
             batch = shard_sft_batch(batch, self.ctx.mesh, self.ctx.rules)
-            sums = jax.device_get(self._eval(state.params, batch))
+            sums = jax.device_get(self._eval(state.params, self.frozen, batch))
             nll, count = nll + float(sums[0]), count + float(sums[1])
         loss = nll / max(count, 1.0)
         return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 80.0))}
@@ -338,28 +375,35 @@ class SFTTask(Task):
             self.loader.restore(position["data"])
 
     def describe(self) -> list[str]:
-        lines = [format_sft_stats(self.loader.dataset.stats)]
+        lines = [*common.lora_describe(self.policy.report)]
+        lines.append(format_sft_stats(self.loader.dataset.stats))
         if self.eval_loader is not None:
             lines.append("held-out " + format_sft_stats(self.eval_loader.dataset.stats))
         return lines
 
     def summary(self, history) -> dict[str, Any]:
-        out = {**common.loss_summary(history, "eval_loss"), "data": self.loader.dataset.stats}
+        out = {
+            **common.loss_summary(history, "eval_loss"),
+            **common.lora_summary(self.policy.report),
+            "data": self.loader.dataset.stats,
+        }
         evals = [r["eval_loss"] for r in history if "eval_loss" in r]
         if evals:
             out["first_eval_loss"] = evals[0]
         return out
 
     def export(self, state, directory: Path) -> Path:
-        path = common.save_policy(self.policy.graphdef, state.params, directory)
-        if self.ctx.is_main:
-            self.tokenizer.save_pretrained(str(path))
-        return path
+        """The HF checkpoint with the tokenizer; LoRA: merged, plus ``<out>/adapter/``."""
+        return common.export_model(
+            self.ctx, self.policy.graphdef, state.params, self.frozen, self.lora, directory,
+            tokenizer=self.tokenizer,
+        )  # fmt: skip
 
 
-def _eval_sums(params, batch, *, graphdef) -> tuple[jax.Array, jax.Array]:
+def _eval_sums(params, frozen, batch, *, graphdef) -> tuple[jax.Array, jax.Array]:
     """(summed completion-token NLL, completion tokens) of one held-out batch."""
-    return sft_nll_sum(params, batch, graphdef=graphdef), jnp.sum(batch.loss_mask)
+    nll = sft_nll_sum(params, batch, graphdef=graphdef, frozen=frozen)
+    return nll, jnp.sum(batch.loss_mask)
 
 
 __all__ = [
