@@ -110,7 +110,7 @@ def run(config: Config, track) -> Result:
         testbed, preference = pm.testbed_setup(cfg)
         for _ in track(range(1), "preference model"):
             result = train(cfg, quiet=True)
-        p_pm = np.asarray(jax.device_get(result.task._matrix(result.state.params)))
+        p_pm = result.task.testbed_matrix(result.state.params)
         for _ in track(range(1), "Bradley–Terry reward model"):
             p_bt = _train_bradley_terry(cfg, testbed, preference)
         floor, floor_scores = pm.bradley_terry_floor(preference)

@@ -611,12 +611,19 @@ class PreferenceModelTask(Task):
         rows, length = batch.tokens_a.shape
         return dpo_step_flops(self.pm.config, rows, length, reference_forward=False)
 
+    def testbed_matrix(self, params) -> np.ndarray:
+        """The trained model's ``[K, K]`` matrix P̂(y ≻ y') over every testbed response
+        (testbed runs only; with LoRA, ``params`` are the adapters and heads)."""
+        if not self.on_testbed:
+            raise ValueError("testbed_matrix needs a testbed run (testbed.enabled: true)")
+        return np.asarray(jax.device_get(self._matrix(params, self.frozen)))
+
     def score(self, state, step: int) -> dict[str, float]:
         """Held-out pairs (text) or the exact errors over all testbed pairs."""
         if not eval_every(self.config, step):
             return {}
         if self.on_testbed:
-            estimate = np.asarray(jax.device_get(self._matrix(state.params, self.frozen)))
+            estimate = self.testbed_matrix(state.params)
             return {f"eval_{k}": v for k, v in testbed_errors(estimate, self.preference).items()}
         if self.eval_dataset is None:
             return {}
