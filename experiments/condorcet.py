@@ -20,6 +20,27 @@ ranking, the first position weighted ``position_weight`` times the second), mixe
 weights ∝ group sizes — the annotator-mixture oracle. Its majority is cyclic at the
 sequence level too; the solvers run on the exact 9×9 game.
 
+Finally **a transformer reaches the lottery online** (panels e, f): a tiny transformer
+(vocabulary = the 3-token alphabet) is trained by INPO (τ = 0) and ONPO, and MNPO in the full
+profile (``transformer_algorithms``; ``[]`` turns the panel off), one run of the training engine
+each (:func:`jaxalign.train.engine.run` with the online Nash task): every iteration samples
+``transformer_batch_size`` pairs with the KV-cache sampler, labels them with Bernoulli draws
+from the annotator-mixture preference above and fits the algorithm's pairwise loss. The
+config's own ``testbed.preference: annotators`` draws random annotators, so the task is
+handed this game and its oracle. The testbed is enumerable, so every iterate π_t gets its
+exact duality gap and its total-variation distance ½‖π_t − p*‖₁ to the maximal lottery;
+they are drawn (last iterate and running average of π_0..π_t) next to the tabular solver of
+the same algorithm and step size run from the transformer's own π_0, with the RLHF-BT
+policy at ``report_beta`` and the best point of the RLHF-BT path as levels. Measured (quick
+profile, s = 4, 30 iterations of 256 pairs): the gap of the average of the transformer's
+iterates falls 0.22 → 0.042 (INPO) / 0.039 (ONPO) — tabular from the same π_0: 0.052 /
+0.026 — below the RLHF-BT policy's 0.15 and the whole RLHF-BT path's best 0.087; its
+distance to the lottery 0.62 → 0.19 / 0.26 (RLHF-BT: 0.59). The last iterate oscillates
+with the sampling noise (ONPO 0.02–0.24, final 0.094; INPO at τ = 0 cycles, as tabular).
+Full profile (60 iterations, MNPO too): average-iterate gaps 0.044 / 0.031 / 0.023 (MNPO;
+tabular 0.038 / 0.015 / 0.041); ONPO's final transformer has gap 0.070 and lies at TV 0.16
+from the lottery (its tabular twin: 0.047, 0.19).
+
     jaxalign reproduce condorcet --out results/condorcet
 """
 
@@ -33,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import games as G
+from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.testbed import Testbed
 from jaxalign.testbed.space import annotator_mixture_preference
@@ -53,6 +75,20 @@ class Config:
     report_beta: float = 0.05  # β of the RLHF-BT policy shown on the testbed
     annotator_scale: float = 2.0  # testbed: BT sharpness of each group's reward
     position_weight: float = 3.0  # testbed: first-token weight (3: lexicographic rankings)
+    # transformer panel: a tiny transformer (vocabulary = the testbed alphabet) trained online
+    # on the training engine, pairs labelled by the annotator-mixture oracle; () turns it off
+    transformer_algorithms: tuple[str, ...] = ("inpo", "onpo")  # among inpo, onpo, mnpo
+    transformer_iterations: int = 30  # engine steps (outer iterations)
+    transformer_step_size: float = (
+        4.0  # s of INPO (τ = 0) / ONPO / MNPO, and of their tabular twins
+    )
+    transformer_batch_size: int = 256  # sampled pairs per iteration
+    transformer_soft_labels: bool = False  # True: the oracle's P(a ≻ b), not Bernoulli draws
+    transformer_inner_steps: int = 30  # Adam steps per fit
+    transformer_learning_rate: float = 0.03
+    transformer_hidden_size: int = 32
+    transformer_init_scale: float = 0.2  # initializer_range: a π_0 far from the lottery
+    transformer_seed: int = 0  # run.seed: π_0, sampling and labels
 
 
 SOLVERS = (
@@ -139,18 +175,135 @@ def _testbed_game(cfg: Config):
     return game, labels
 
 
+TRANSFORMER_ALGORITHMS = {  # name: (label, colour)
+    "inpo": ("INPO ($\\tau=0$)", "C0"),
+    "onpo": ("ONPO", "C1"),
+    "mnpo": ("MNPO ($n=3$)", "C2"),
+}
+
+
+def _transformer_config(cfg: Config, algorithm: str, out_dir):
+    """The engine config of one transformer run (light: no checkpoints, logs or model)."""
+    from jaxalign.train import testbed_run_config
+
+    section: dict = {"name": algorithm, "step_size": cfg.transformer_step_size}
+    if algorithm != "onpo":  # ONPO has no KL weight; INPO and MNPO at τ = 0
+        section["tau"] = 0.0
+    return testbed_run_config(
+        section,
+        alphabet_size=3,
+        response_length=2,
+        hidden_size=cfg.transformer_hidden_size,
+        init_scale=cfg.transformer_init_scale,
+        steps=cfg.transformer_iterations,
+        seed=cfg.transformer_seed,
+        out_dir=out_dir,
+        online={
+            "batch_size": cfg.transformer_batch_size,
+            "inner_steps": cfg.transformer_inner_steps,
+            "learning_rate": cfg.transformer_learning_rate,
+        },
+        oracle={"sample": not cfg.transformer_soft_labels},
+    )
+
+
+def _train_transformers(cfg: Config, track) -> dict[str, dict]:
+    """One engine run of the online Nash task per algorithm, against the annotator-mixture
+    oracle of the experiment's testbed game (the config's own ``testbed.preference`` draws
+    random annotators: the task gets this game and its oracle instead). Per algorithm: the
+    exact log-policies of π_0..π_T and the wall time."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from jaxalign.train import oracles
+    from jaxalign.train.engine import run as engine_run
+    from jaxalign.train.tasks.nash import NashTask
+
+    for a in cfg.transformer_algorithms:
+        if a not in TRANSFORMER_ALGORITHMS:
+            raise ValueError(
+                f"transformer_algorithms must be among {tuple(TRANSFORMER_ALGORITHMS)}, got {a!r}"
+            )
+    game, _ = _testbed_game(cfg)  # float32, as the engine trains
+    testbed = Testbed(alphabet_size=3, response_length=2)
+
+    def factory(ctx):
+        oracle = oracles.testbed_oracle(testbed, game, sample=ctx.config.oracle.sample)
+        task = NashTask(ctx, oracle=oracle)
+        task.setup.game = game  # scored exactly on the same game (the history starts at init)
+        return task
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="condorcet-") as tmp:
+        for algorithm in track(cfg.transformer_algorithms, "transformer runs"):
+            t0 = time.perf_counter()
+            result = engine_run(
+                _transformer_config(cfg, algorithm, Path(tmp) / algorithm), factory, quiet=True
+            )
+            h = result.task.exact_history.history()
+            out[algorithm] = {
+                "log_policies": np.asarray(h.log_policies, np.float64),
+                "algorithm": result.task.algorithm,  # its tabular solver is the twin
+                "runtime_s": time.perf_counter() - t0,
+            }
+    return out
+
+
+def _score_transformers(cfg: Config, runs: dict[str, dict], game, lottery) -> dict:
+    """Exact gaps and distances to the lottery of every transformer iterate (last and running
+    average), and of the tabular twin of the same algorithm run from the transformer's π_0."""
+    gap = jax.jit(jax.vmap(lambda p: G.duality_gap(game, jnp.log(p))))
+    out = {}
+    for algorithm, r in runs.items():
+        probs = np.exp(r["log_policies"])
+        probs /= probs.sum(axis=1, keepdims=True)
+        log_start = jnp.log(jnp.asarray(probs[0]))  # π_0 = π_ref of the run
+        solver = r["algorithm"].solver(log_start)  # holds arrays: closed over, not static
+        tabular = functools.partial(_iterates, solver, game, num_steps=cfg.transformer_iterations)
+        last_tab, _ = jax.jit(tabular)(log_start)
+        tab = np.concatenate([probs[:1], np.asarray(last_tab)])
+        series = {
+            "llm_last": probs,
+            "llm_avg": _running_average(probs),
+            "tab_last": tab,
+            "tab_avg": _running_average(tab),
+        }
+        out[algorithm] = {
+            "probs": series,
+            "gap": {k: np.asarray(gap(jnp.asarray(v))) for k, v in series.items()},
+            "tv": {k: 0.5 * np.abs(v - lottery).sum(axis=1) for k, v in series.items()},
+            "runtime_s": r["runtime_s"],
+        }
+    return out
+
+
+def _running_average(probs: np.ndarray) -> np.ndarray:
+    """[T+1, K] averages of π_0..π_t (entry t = the average of the first t + 1 iterates)."""
+    return np.cumsum(probs, axis=0) / np.arange(1, len(probs) + 1)[:, None]
+
+
 def run(cfg: Config, track) -> Result:
-    # float64: the last-iterate gaps fall below float32 resolution.
+    # The transformers train in float32 on the engine; everything exact is float64 (the
+    # last-iterate gaps fall below float32 resolution).
+    trained = _train_transformers(cfg, track) if cfg.transformer_algorithms else None
     with jax.enable_x64(True):
-        return _run(cfg, track)
+        return _run(cfg, track, trained)
 
 
-def _run(cfg: Config, track) -> Result:
+def _run(cfg: Config, track, trained: dict | None) -> Result:
     import matplotlib.pyplot as plt
 
     summary: dict = {}
     table: dict[str, list] = {}
-    fig, axes = plt.subplots(2, 2, figsize=(13, 10.5))
+    rows = 2 if trained is None else 3
+    fig, axes = plt.subplots(
+        rows,
+        2,
+        figsize=(13, 5.25 * rows + (1.5 if trained else 0.0)),
+        layout="constrained",
+        gridspec_kw={"height_ratios": [1.0] * 2 + [1.3] * (rows - 2)},
+    )
     ts = np.arange(1, cfg.num_steps + 1)
     betas = np.geomspace(10.0, 0.005, cfg.num_betas)
     stages = track(["three responses", "testbed"], "games")
@@ -210,6 +363,19 @@ def _run(cfg: Config, track) -> Result:
             _plot_bars(ax_main, labels, lottery, runs, path, betas, cfg.report_beta)
             rb = int(np.argmin(np.abs(betas - cfg.report_beta)))
             info["rlhf_gap_at_report_beta"] = float(path_gaps[rb])
+            if trained is not None:
+                scored = _score_transformers(cfg, trained, game, lottery)
+                rlhf = {
+                    "beta": float(betas[rb]),
+                    "gap": float(path_gaps[rb]),
+                    "tv": float(0.5 * np.abs(path[rb] - lottery).sum()),
+                    "probs": path[rb],
+                    "min_gap": float(path_gaps.min()),
+                }
+                summary["transformer"] = _transformer_summary(scored, labels, rlhf)
+                table.update(_transformer_table(scored))
+                _plot_transformer_gaps(axes[2, 0], cfg, scored, rlhf)
+                _plot_transformer_mass(axes[2, 1], labels, lottery, scored, rlhf)
         summary[key] = info
         for (name, which, colour), (_, gaps, _, _) in zip(SOLVERS, runs):
             ax_gap.loglog(ts, np.maximum(gaps, 1e-12), color=colour, label=f"{name}")
@@ -233,15 +399,151 @@ def _run(cfg: Config, track) -> Result:
     axes[1, 1].set_title(
         "(d) testbed (9 sequences): exact gap of the self-play iterates", fontsize=10
     )
-    table = {"t": [int(t) for t in ts], **table}
+    table = _pad_columns({"t": [int(t) for t in ts], **table})
     sizes = "/".join(f"{n:g}" for n in cfg.group_sizes)
     fig.suptitle(
         f"Condorcet cycle: groups A≻B≻C, B≻C≻A, C≻A≻B of sizes {sizes}; maximal lottery vs "
-        "RLHF-BT, and Nash self-play",
+        "RLHF-BT, and Nash self-play (tabular, and a transformer trained online)",
         fontsize=11,
     )
-    fig.tight_layout()
     return Result(figure=fig, table=table, summary=summary)
+
+
+def _pad_columns(table: dict[str, list]) -> dict[str, list]:
+    """Columns of different lengths (self-play steps, transformer iterations) padded with
+    empty cells to one length."""
+    n = max(len(v) for v in table.values())
+    return {k: list(v) + [""] * (n - len(v)) for k, v in table.items()}
+
+
+def _transformer_summary(scored: dict, labels: list[str], rlhf: dict) -> dict:
+    def per(kind: str, series: str, i: int = -1):
+        return {a: float(r[kind][series][i]) for a, r in scored.items()}
+
+    first = next(iter(scored.values()))
+    return {
+        "algorithms": list(scored),
+        "initial_gap": float(first["gap"]["llm_last"][0]),
+        "final_gap": per("gap", "llm_last"),
+        "min_gap": {a: float(r["gap"]["llm_last"].min()) for a, r in scored.items()},
+        "final_average_gap": per("gap", "llm_avg"),
+        "tabular_final_gap": per("gap", "tab_last"),
+        "tabular_final_average_gap": per("gap", "tab_avg"),
+        "rlhf_gap": rlhf["gap"],
+        "initial_tv_to_lottery": float(first["tv"]["llm_last"][0]),
+        "final_tv_to_lottery": per("tv", "llm_last"),
+        "final_average_tv_to_lottery": per("tv", "llm_avg"),
+        "tabular_final_tv_to_lottery": per("tv", "tab_last"),
+        "rlhf_tv_to_lottery": rlhf["tv"],
+        "final_mass": {
+            a: {lab: float(v) for lab, v in zip(labels, r["probs"]["llm_last"][-1])}
+            for a, r in scored.items()
+        },
+        "final_average_mass": {
+            a: {lab: float(v) for lab, v in zip(labels, r["probs"]["llm_avg"][-1])}
+            for a, r in scored.items()
+        },
+        "initial_mass": {lab: float(v) for lab, v in zip(labels, first["probs"]["llm_last"][0])},
+        "runtime_s": {a: float(r["runtime_s"]) for a, r in scored.items()},
+    }
+
+
+def _transformer_table(scored: dict) -> dict[str, list]:
+    first = next(iter(scored.values()))
+    table = {"transformer_t": list(range(len(first["gap"]["llm_last"])))}
+    for a, r in scored.items():
+        for series in ("llm_last", "llm_avg", "tab_last", "tab_avg"):
+            table[f"transformer_{a}_{series}_gap"] = [float(v) for v in r["gap"][series]]
+            table[f"transformer_{a}_{series}_tv"] = [float(v) for v in r["tv"][series]]
+    return table
+
+
+def _plot_transformer_gaps(ax, cfg: Config, scored: dict, rlhf: dict) -> None:
+    """(e) exact gap of the transformer's iterates (running average and last) vs the
+    running average of its tabular twin from the same π_0."""
+    for a, r in scored.items():
+        name, colour = TRANSFORMER_ALGORITHMS[a]
+        ts = np.arange(len(r["gap"]["llm_last"]))
+        ax.plot(
+            ts,
+            r["gap"]["llm_last"],
+            "-",
+            color=colour,
+            lw=0.8,
+            alpha=0.45,
+            label=f"{name}, transformer, last iterate",
+        )
+        ax.plot(
+            ts,
+            r["gap"]["llm_avg"],
+            "-o",
+            ms=3,
+            color=colour,
+            label=f"{name}, transformer, average of iterates",
+        )
+        ax.plot(
+            ts,
+            r["gap"]["tab_avg"],
+            "--",
+            color=colour,
+            label=f"{name}, tabular from the same $\\pi_0$, average",
+        )
+    plotting.reference_line(
+        ax, y=rlhf["gap"], horizontal=True, ls=":", label=f"RLHF-BT, $\\beta$={rlhf['beta']:.2g}"
+    )
+    plotting.reference_line(
+        ax, y=rlhf["min_gap"], horizontal=True, ls="-.", label="best point of the RLHF-BT path"
+    )
+    ax.set_xlabel("online iteration $t$ (engine step)")
+    ax.set_ylabel("exact duality gap $2\\max_y P(y \\succ \\pi_t) - 1$")
+    ax.set_ylim(bottom=0)
+    plotting.expand_to(ax, rlhf["gap"])
+    # below the axes: no legend over the data
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
+    ax.set_title(
+        f"(e) testbed: transformer trained online ($s={cfg.transformer_step_size:g}$, "
+        f"$B={cfg.transformer_batch_size}$ pairs), annotator-mixture oracle",
+        fontsize=10,
+    )
+
+
+def _plot_transformer_mass(ax, labels, lottery, scored: dict, rlhf: dict) -> None:
+    """(f) the transformer policies' mass on each sequence vs the lottery's."""
+    first = next(iter(scored.values()))
+    series = [("maximal lottery", lottery, "gold", None)]
+    series += [("transformer $\\pi_0$", first["probs"]["llm_last"][0], "0.75", None)]
+    for a, r in scored.items():
+        name, colour = TRANSFORMER_ALGORITHMS[a]
+        series += [
+            (
+                f"{name}, average of the transformer iterates",
+                r["probs"]["llm_avg"][-1],
+                colour,
+                None,
+            ),
+            (f"{name}, final transformer (last iterate)", r["probs"]["llm_last"][-1], "w", colour),
+        ]
+    series += [(f"RLHF-BT, $\\beta$={rlhf['beta']:.2g}", rlhf["probs"], "C3", None)]
+    width = 0.84 / len(series)
+    x = np.arange(len(labels))
+    for i, (name, probs, colour, edge) in enumerate(series):
+        ax.bar(
+            x + (i - len(series) / 2 + 0.5) * width,
+            probs,
+            width,
+            color=colour,
+            label=name,
+            edgecolor=edge or "k",
+            lw=0.9 if edge else 0.3,
+            hatch="////" if edge else None,
+        )
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("response (token sequence)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, None)
+    # below the axes: no legend over the data
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
+    ax.set_title("(f) testbed: transformer policies vs the maximal lottery", fontsize=10)
 
 
 def _plot_simplex(ax, runs, lottery, path, bt_winner, start):
@@ -305,9 +607,26 @@ def _plot_bars(ax, labels, lottery, runs, path, betas, report_beta):
 
 EXPERIMENT = Experiment(
     "condorcet",
-    "Condorcet cycle (Mishra 2023): maximal lottery vs BT winner; INPO/ONPO/MNPO self-play",
+    "Condorcet cycle (Mishra 2023): maximal lottery vs BT winner; INPO/ONPO/MNPO self-play, "
+    "tabular and with an online-trained transformer",
     Config,
     run,
+    headline=(
+        "three.maximal_lottery",
+        "three.bt_winner_beaten_with_rate",
+        "three.final_gap",
+        "testbed.final_gap",
+        "testbed.rlhf_gap_at_report_beta",
+        "testbed.rlhf_path_min_gap",
+        "transformer.initial_gap",
+        "transformer.final_average_gap",
+        "transformer.tabular_final_average_gap",
+        "transformer.final_gap",
+        "transformer.initial_tv_to_lottery",
+        "transformer.final_average_tv_to_lottery",
+        "transformer.final_tv_to_lottery",
+        "transformer.rlhf_tv_to_lottery",
+    ),
 )
 
 

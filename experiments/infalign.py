@@ -303,31 +303,18 @@ def _run(config: Config, track) -> dict:
 
 
 def _pg_config(config: Config, out_dir):
-    from jaxalign.train import train_config_from_dict
+    from jaxalign.train import testbed_run_config
 
-    h = config.hidden_size
-    return train_config_from_dict(
-        {
-            "algorithm": {"name": "kl_pg", "beta": 1.0,  # replaced once π_ref is known
-                          "group_size": config.pg_group_size, "baseline": "leave_one_out",
-                          "estimator": "k2", "kl_mode": "loss"},
-            "online": {"batch_size": 1, "learning_rate": config.pg_learning_rate,
-                       "adam_eps": 1e-8},
-            "model": {"vocab_size": config.alphabet_size, "hidden_size": h,
-                      "intermediate_size": 2 * h, "num_layers": config.num_layers,
-                      "num_heads": 2, "num_kv_heads": 1, "head_dim": h // 2,
-                      "initializer_range": config.init_scale},
-            "testbed": {"alphabet_size": config.alphabet_size,
-                        "response_length": config.response_length,
-                        "preference": "bradley_terry", "reward_scale": config.reward_scale,
-                        "seed": config.seed},
-            "oracle": {"kind": "testbed"},
-            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-            "run": {"steps": config.pg_steps, "seed": config.seed, "out_dir": str(out_dir),
-                    "save_model": False},
-            "checkpoint": {"enabled": False},
-            "logging": {"progress_bar": False, "tensorboard": False},
-        }
+    return testbed_run_config(
+        {"name": "kl_pg", "beta": 1.0,  # replaced once π_ref is known
+         "group_size": config.pg_group_size, "baseline": "leave_one_out", "estimator": "k2",
+         "kl_mode": "loss"},
+        alphabet_size=config.alphabet_size, response_length=config.response_length,
+        hidden_size=config.hidden_size, num_layers=config.num_layers,
+        init_scale=config.init_scale, steps=config.pg_steps, seed=config.seed, out_dir=out_dir,
+        online={"batch_size": 1, "learning_rate": config.pg_learning_rate, "adam_eps": 1e-8},
+        testbed={"preference": "bradley_terry", "reward_scale": config.reward_scale,
+                 "seed": config.seed},
     )  # fmt: skip
 
 

@@ -47,8 +47,8 @@ from jaxalign.train import (
     make_optimizer,
     preference_train_step,
     reference_sequence_logprobs,
+    testbed_run_config,
     train,
-    train_config_from_dict,
 )
 
 # KLs below this are zero up to float64 round-off (best-of-1 is π_ref itself).
@@ -89,51 +89,34 @@ class Config:
 def pg_config(config: Config, beta: float, out_dir: Path) -> TrainConfig:
     """The engine config of the KL-PG run at ``beta`` (light: no checkpoints, TensorBoard,
     progress bar or saved model)."""
-    h = config.hidden_size
-    return train_config_from_dict(
+    return testbed_run_config(
         {
-            "algorithm": {
-                "name": "kl_pg",
-                "beta": beta,
-                "group_size": config.pg_group_size,
-                "baseline": "leave_one_out",
-                "estimator": "k2",
-                "kl_mode": "loss",
-            },
-            "online": {
-                "batch_size": 1,  # one prompt (the testbed's), pg_group_size responses
-                "learning_rate": config.pg_learning_rate,
-                "adam_eps": 1e-8,  # Adam's usual ε (the online default 1e-3 suits the Nash fits)
-            },
-            "model": {
-                "vocab_size": config.alphabet_size,
-                "hidden_size": h,
-                "intermediate_size": 2 * h,
-                "num_layers": config.num_layers,
-                "num_heads": 2,
-                "num_kv_heads": 1,
-                "head_dim": h // 2,
-                "initializer_range": config.init_scale,
-            },
-            "testbed": {
-                "alphabet_size": config.alphabet_size,
-                "response_length": config.response_length,
-                "preference": "bradley_terry",
-                "reward_scale": config.reward_scale,
-                "seed": config.seed,
-            },
-            "oracle": {"kind": "testbed"},  # the testbed's additive reward
-            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device, however many there are
-            "run": {
-                "steps": config.pg_steps,
-                "seed": config.seed,
-                "out_dir": str(out_dir),
-                "save_model": False,
-            },
-            "checkpoint": {"enabled": False},
-            "logging": {"progress_bar": False, "tensorboard": False},
-        }
-    )
+            "name": "kl_pg",
+            "beta": beta,
+            "group_size": config.pg_group_size,
+            "baseline": "leave_one_out",
+            "estimator": "k2",
+            "kl_mode": "loss",
+        },
+        alphabet_size=config.alphabet_size,
+        response_length=config.response_length,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        init_scale=config.init_scale,
+        steps=config.pg_steps,
+        seed=config.seed,
+        out_dir=out_dir,
+        online={
+            "batch_size": 1,  # one prompt (the testbed's), pg_group_size responses
+            "learning_rate": config.pg_learning_rate,
+            "adam_eps": 1e-8,  # Adam's usual ε (the online default 1e-3 suits the Nash fits)
+        },
+        testbed={
+            "preference": "bradley_terry",
+            "reward_scale": config.reward_scale,
+            "seed": config.seed,
+        },
+    )  # the oracle: the testbed's additive reward
 
 
 def _offline_pairs(setup, ref_params, reward, num_pairs: int, key) -> PreferenceBatch:

@@ -28,7 +28,7 @@ import numpy as np
 from jaxalign import plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.testbed import scoring
-from jaxalign.train import TrainConfig, train, train_config_from_dict
+from jaxalign.train import TrainConfig, testbed_run_config, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,44 +92,28 @@ def _algorithm_section(cfg: Config, algorithm: str) -> dict:
 def train_config(cfg: Config, algorithm: str, out_dir: Path) -> TrainConfig:
     """The engine config of one algorithm's run (light: no checkpoints, TensorBoard,
     progress bar or saved model)."""
-    h = cfg.hidden_size
-    return train_config_from_dict(
-        {
-            "algorithm": _algorithm_section(cfg, algorithm),
-            "online": {
-                "batch_size": cfg.batch_size,
-                "inner_steps": cfg.inner_steps,
-                "learning_rate": cfg.learning_rate,
-            },
-            "model": {
-                "vocab_size": cfg.alphabet_size,
-                "hidden_size": h,
-                "intermediate_size": 2 * h,
-                "num_layers": cfg.num_layers,
-                "num_heads": 2,
-                "num_kv_heads": 1,
-                "head_dim": h // 2,
-                "initializer_range": cfg.init_scale,
-            },
-            "testbed": {
-                "alphabet_size": cfg.alphabet_size,
-                "response_length": cfg.response_length,
-                "preference": "cyclic",
-                "strength": cfg.strength,
-                "reward_scale": cfg.reward_scale,
-                "seed": cfg.seed,
-            },
-            "oracle": {"kind": "testbed", "sample": not cfg.soft_labels},
-            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device, however many there are
-            "run": {
-                "steps": cfg.num_iterations,
-                "seed": cfg.seed,
-                "out_dir": str(out_dir),
-                "save_model": False,
-            },
-            "checkpoint": {"enabled": False},
-            "logging": {"progress_bar": False, "tensorboard": False},
-        }
+    return testbed_run_config(
+        _algorithm_section(cfg, algorithm),
+        alphabet_size=cfg.alphabet_size,
+        response_length=cfg.response_length,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        init_scale=cfg.init_scale,
+        steps=cfg.num_iterations,
+        seed=cfg.seed,
+        out_dir=out_dir,
+        online={
+            "batch_size": cfg.batch_size,
+            "inner_steps": cfg.inner_steps,
+            "learning_rate": cfg.learning_rate,
+        },
+        testbed={
+            "preference": "cyclic",
+            "strength": cfg.strength,
+            "reward_scale": cfg.reward_scale,
+            "seed": cfg.seed,
+        },
+        oracle={"sample": not cfg.soft_labels},
     )
 
 

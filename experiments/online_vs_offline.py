@@ -19,7 +19,19 @@ equilibrium π ∝ π_ref e^{P(·≻π)/τ}.
 (c) the discriminative/generative split: expected held-out pairwise accuracy of the implicit
 reward log π/π_ref on pairs from π_ref (exact in the gold labels) vs the win rate.
 
-No transformer is trained here.
+(d) the same comparison with function approximation, on the training engine
+(:func:`jaxalign.train.train`, no separate loop): a tiny random transformer π_ref over the
+same testbed size (its own Bradley–Terry game, ``testbed.seed = seed``), trained by offline
+DPO / IPO on one fixed data set (``configs/train/dpo_testbed.yaml``, ``ipo_testbed.yaml``
+with ``online.fixed_pairs=true``: ``transformer_batch_size`` pairs drawn once from π_ref and
+labelled once, refitted every iteration; ``transformer_fixed_pairs=false`` draws fresh
+off-policy pairs each iteration instead) and by online IPO (``online_ipo_testbed.yaml``: fresh
+pairs from π_t each iteration), all with Bernoulli gold labels. Every iterate is scored
+exactly from its enumerated log-probabilities (the task's
+exact history), in float64: win rate against π_ref and KL(π‖π_ref) under the exact frontier
+of the transformer's own π_ref (checked like the tabular points), and the held-out pairwise
+accuracy of its implicit reward. The engine has no online DPO (its ``dpo`` samples from π_ref
+only), so the online side is online IPO.
 
     jaxalign reproduce online-vs-offline --out results/online-vs-offline
 """
@@ -48,6 +60,12 @@ _LABELS = {
 _COLORS = {"offline": plotting.PALETTE[0], "online_gold": plotting.PALETTE[1]}
 _COLORS["online_proxy"] = plotting.PALETTE[2]
 LOSSES = ("ipo", "dpo")
+ENGINE_ALGORITHMS = ("dpo", "ipo", "online_ipo")  # what panel (d) trains on the engine
+_ENGINE_LABELS = {
+    "dpo": "offline DPO (one fixed set of pairs from $\\pi_{\\rm ref}$)",
+    "ipo": "offline IPO (one fixed set of pairs from $\\pi_{\\rm ref}$)",
+    "online_ipo": "online IPO (pairs from $\\pi_t$)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +86,22 @@ class Config:
     learning_rate: float = 0.05
     proxy_ridge: float = 1.0  # L2 penalty of the learned BT reward model (sum over pairs)
     frontier_tol: float = 1e-9  # allowed excess of a checkpoint over the frontier
+    # Panel (d): a tiny random transformer π_ref on the same testbed size, trained by the
+    # training engine (offline DPO / IPO: one fixed labelled set of pairs from π_ref;
+    # online IPO: pairs from π_t), gold Bradley–Terry labels of the engine's testbed game;
+    # every iterate scored exactly against the frontier of the transformer's own π_ref.
+    transformer_algorithms: tuple[str, ...] = ENGINE_ALGORITHMS  # empty: no panel (d)
+    transformer_tau: float = 0.25  # IPO τ, DPO β
+    transformer_iterations: int = 20  # engine steps (sample, label, fit)
+    transformer_batch_size: int = 512  # pairs per iteration
+    transformer_inner_steps: int = 20  # Adam steps per fit (warm-started)
+    transformer_learning_rate: float = 0.005
+    # Offline runs of panel (d): true = one fixed data set of transformer_batch_size pairs
+    # (online.fixed_pairs); false = fresh pairs from π_ref every iteration (unlimited data).
+    transformer_fixed_pairs: bool = True
+    hidden_size: int = 32  # model width
+    num_layers: int = 1  # model depth
+    init_scale: float = 0.1  # weight std of the random reference (near-uniform π_ref)
 
     def __post_init__(self):
         if not self.taus or min(self.taus) <= 0:
@@ -85,12 +119,121 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.proxy_ridge < 0:
             raise ValueError("need learning_rate > 0 and proxy_ridge >= 0")
+        bad = [a for a in self.transformer_algorithms if a not in ENGINE_ALGORITHMS]
+        if bad:
+            raise ValueError(f"transformer_algorithms must be among {ENGINE_ALGORITHMS}, got {bad}")
+        if self.transformer_tau <= 0 or self.transformer_iterations < 1:
+            raise ValueError("need transformer_tau > 0 and transformer_iterations >= 1")
 
 
 def run(config: Config, track) -> Result:
+    transformer = None
+    if config.transformer_algorithms:  # float32 training, the engine's own precision
+        runs = _train_transformers(config, track)
     # optax's Adam mixes int and float (its step count), which strict promotion rejects.
     with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
-        return _run(config, track)
+        if config.transformer_algorithms:
+            transformer = _score_transformers(config, runs)
+        return _run(config, track, transformer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Panel (d): the tiny transformer trained by the training engine, scored exactly.
+
+
+def _engine_config(config: Config, algorithm: str, out_dir):
+    from jaxalign.train import testbed_run_config
+
+    offline = algorithm in ("dpo", "ipo")
+    loss = (
+        {"beta": config.transformer_tau} if algorithm == "dpo" else {"tau": config.transformer_tau}
+    )
+    return testbed_run_config(
+        {"name": algorithm, **loss},
+        alphabet_size=config.alphabet_size, response_length=config.response_length,
+        hidden_size=config.hidden_size, num_layers=config.num_layers,
+        init_scale=config.init_scale, steps=config.transformer_iterations, seed=config.seed,
+        out_dir=out_dir,
+        online={"batch_size": config.transformer_batch_size,
+                "inner_steps": config.transformer_inner_steps,
+                "learning_rate": config.transformer_learning_rate,
+                "fixed_pairs": config.transformer_fixed_pairs and offline},
+        testbed={"enabled": True, "preference": "bradley_terry",
+                 "reward_scale": config.reward_scale, "seed": config.seed},
+        oracle={"sample": True},  # Bernoulli gold labels
+    )  # fmt: skip
+
+
+def _train_transformers(config: Config, track) -> dict[str, dict]:
+    """One engine run per algorithm, all from the same random π_ref (``run.seed``) on the same
+    game (``testbed.seed``): the enumerated log π of every iterate and the gold reward."""
+    import tempfile
+    from pathlib import Path
+
+    from jaxalign.testbed import Testbed as _Testbed
+    from jaxalign.train import train
+    from jaxalign.train.tasks.online_setup import testbed_reward
+
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="online-vs-offline-") as tmp:
+        for algorithm in track(config.transformer_algorithms, "engine runs (transformer)"):
+            cfg = _engine_config(config, algorithm, Path(tmp) / algorithm)
+            result = train(cfg, quiet=True)
+            task = result.task
+            testbed = _Testbed(config.alphabet_size, config.response_length)
+            runs[algorithm] = dict(
+                log_policies=np.asarray(task.exact_history.history().log_policies),
+                log_ref=np.asarray(task.log_ref),
+                reward=np.asarray(testbed_reward(cfg.testbed, testbed)),
+            )
+    return runs
+
+
+def _score_transformers(config: Config, runs: dict[str, dict]) -> dict:
+    """Exact (float64) win rate against π_ref, KL(π‖π_ref) and frontier gap of every iterate,
+    and the exact frontier of the transformer's own π_ref (its Bradley–Terry game)."""
+    first = next(iter(runs.values()))
+    reward = jnp.asarray(first["reward"], jnp.float64)
+    game = games.bradley_terry_game(reward)
+    log_ref = jax.nn.log_softmax(jnp.asarray(first["log_ref"], jnp.float64))
+
+    # Held-out pairs (distinct responses) from the transformer's π_ref, as in panel (c).
+    rng = np.random.default_rng([config.seed, 1])
+    val = jnp.asarray(_pairs(rng, np.exp(np.asarray(log_ref)), config.num_val_pairs, True))
+
+    def score(lp, pairs):
+        return (
+            kl.preference_win_rate(game, lp, log_ref),
+            kl.kl_divergence(lp, log_ref),
+            kl.frontier_gap(game, lp, log_ref),
+            kl.implicit_reward_accuracy(game, lp, log_ref, pairs),
+        )
+
+    score_all = jax.jit(jax.vmap(score, in_axes=(0, None)))
+    scored = {}
+    for algorithm, r in runs.items():
+        lps = jax.nn.log_softmax(jnp.asarray(r["log_policies"], jnp.float64), axis=-1)
+        wr, kld, gap, acc = (np.asarray(v) for v in score_all(lps, val))
+        scored[algorithm] = dict(wr=wr, kl=kld, gap=gap, acc=acc)
+    max_kl = max(float(v["kl"].max()) for v in scored.values())
+    budgets = np.linspace(0.0, 1.05 * max_kl, 200)
+    front = kl.win_rate_frontier(game, log_ref, budgets)
+    tau = config.transformer_tau
+    targets = {
+        "offline IPO": kl.offline_ipo_target(game, log_ref, tau),
+        "regularised Nash": games.nash_equilibrium(game, tau, ref=log_ref),
+    }
+    targets = {
+        k: (float(kl.preference_win_rate(game, lp, log_ref)), float(kl.kl_divergence(lp, log_ref)))
+        for k, lp in targets.items()
+    }
+    return dict(
+        runs=scored,
+        # F(Δ) against the budget Δ: flat beyond −log π_ref(argmax C), where KL stops growing.
+        frontier=(budgets, np.asarray(front.win_rate)),
+        targets=targets,
+        max_excess=max(float(-v["gap"].min()) for v in scored.values()),
+    )
 
 
 def _instance(config: Config):
@@ -185,7 +328,7 @@ def _train(key, log_ref, label_p, data, tau, *, lr, loss, online, batch_size, st
     return jnp.concatenate([log_ref[None], lps], axis=0)
 
 
-def _run(config: Config, track) -> Result:
+def _run(config: Config, track, transformer: dict | None) -> Result:
     log_ref, _, game, features = _instance(config)
     ref = np.exp(np.asarray(log_ref))
     p_gold = np.asarray(game.preference)
@@ -303,15 +446,36 @@ def _run(config: Config, track) -> Result:
             "mean_final_gap": float(v["gap"][:, :, -1].mean()),
         }
 
-    fig = _figure(config, results, targets, f_kl, f_wr, budget)
+    if transformer is not None:
+        summary["transformer"] = {
+            "tau": config.transformer_tau,
+            "max_frontier_excess": transformer["max_excess"],
+            "all_points_below_frontier": bool(transformer["max_excess"] <= config.frontier_tol),
+            "final_win_rate": {a: float(v["wr"][-1]) for a, v in transformer["runs"].items()},
+            "final_kl": {a: float(v["kl"][-1]) for a, v in transformer["runs"].items()},
+            "final_frontier_gap": {a: float(v["gap"][-1]) for a, v in transformer["runs"].items()},
+            "final_heldout_accuracy": {
+                a: float(v["acc"][-1]) for a, v in transformer["runs"].items()
+            },
+            "targets": {
+                k: {"win_rate": w, "kl": d} for k, (w, d) in transformer["targets"].items()
+            },
+        }
+        for a, v in transformer["runs"].items():
+            for t in range(len(v["wr"])):
+                rows.append(dict(loss=a, mode="transformer", seed=0, tau=config.transformer_tau,
+                                 step=t, kl=float(v["kl"][t]), win_rate=float(v["wr"][t]),
+                                 frontier_gap=float(v["gap"][t]),
+                                 heldout_accuracy=float(v["acc"][t])))  # fmt: skip
+    fig = _figure(config, results, targets, f_kl, f_wr, budget, transformer)
     return Result(figure=fig, table=rows, summary=summary)
 
 
-def _figure(config, results, targets, f_kl, f_wr, budget):
+def _figure(config, results, targets, f_kl, f_wr, budget, transformer=None):
     n_loss = len(config.losses)
     fig, axes = plotting.figure(
         1,
-        n_loss + 1,
+        n_loss + 1 + (transformer is not None),
         panel_size=(4.8, 4.0),
         suptitle=(
             "Online vs offline preference optimisation on the testbed "
@@ -374,7 +538,7 @@ def _figure(config, results, targets, f_kl, f_wr, budget):
         )
         plotting.legend(ax, loc="lower right")
 
-    ax = axes[-1]
+    ax = axes[n_loss]
     for mode in MODES:
         for j, loss in enumerate(config.losses):
             v = results[loss, mode]
@@ -391,7 +555,32 @@ def _figure(config, results, targets, f_kl, f_wr, budget):
     ax.set_ylabel(r"held-out pairwise accuracy of $\log\pi/\pi_{\rm ref}$")
     ax.set_title("(c) discriminative vs generative", fontsize=9.5)
     plotting.legend(ax, loc="lower right")
+    if transformer is not None:
+        _transformer_panel(config, axes[-1], transformer)
     return fig
+
+
+def _transformer_panel(config, ax, transformer):
+    tkl, twr = transformer["frontier"]
+    ax.plot(tkl, twr, color=plotting.REFERENCE_COLOR, lw=2.2, zorder=plotting.Z_REFERENCE,
+            label=r"exact frontier of the transformer's $\pi_{\rm ref}$")  # fmt: skip
+    colors = {"dpo": plotting.PALETTE[3], "ipo": plotting.PALETTE[0],
+              "online_ipo": plotting.PALETTE[1]}  # fmt: skip
+    for a, v in transformer["runs"].items():
+        ax.plot(v["kl"], v["wr"], "-o", ms=3, lw=0.8, alpha=0.6, color=colors[a])
+        ax.plot(v["kl"][-1], v["wr"][-1], "o", ms=8, mec="k", color=colors[a],
+                label=f"{_ENGINE_LABELS[a]}, last iterate")  # fmt: skip
+    for (name, (w, d)), c in zip(transformer["targets"].items(), ("ipo", "online_ipo")):
+        ax.plot(d, w, "D", ms=8, mfc="none", mec=colors[c], mew=1.6,
+                label=f"population target: {name}")  # fmt: skip
+    ax.set_xlabel(r"$\mathrm{KL}(\pi\,\|\,\pi_{\rm ref})$ [nats]")
+    ax.set_ylabel(r"gold win rate vs $\pi_{\rm ref}$")
+    ax.set_title(
+        f"(d) transformer, training engine: {config.transformer_iterations} iterations, "
+        + rf"$\tau = {config.transformer_tau:g}$",
+        fontsize=9.5,
+    )
+    plotting.legend(ax, loc="lower right")
 
 
 EXPERIMENT = Experiment(
@@ -402,6 +591,15 @@ EXPERIMENT = Experiment(
     ),
     config_cls=Config,
     run=run,
+    headline=(
+        "all_points_below_frontier",
+        "ipo.offline.best_win_rate_within_budget",
+        "ipo.online_gold.best_win_rate_within_budget",
+        "transformer.all_points_below_frontier",
+        "transformer.final_win_rate",
+        "transformer.final_kl",
+        "transformer.final_frontier_gap",
+    ),
 )
 
 

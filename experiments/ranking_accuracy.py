@@ -14,9 +14,16 @@ testbed, so every quantity is exact:
 (d) γ-scaled DPO (§5, Eq 4): ranking accuracy and exact win rate against π_ref vs γ.
 
 Pairs are drawn from π_ref (distinct responses), labelled once by Bradley–Terry on a gold
-additive reward; full-batch Adam on the mean DPO loss from π_θ = π_ref. No transformer is
-trained here; the tabular policy is the most flexible policy class, so its flip rates are an
-upper bound on what a function-approximating policy could reach on the same data.
+additive reward; full-batch Adam on the mean DPO loss from π_θ = π_ref.
+
+(e, f) the LLM form: a one-layer transformer policy on its own small testbed (A = 3, L = 2: 9
+responses; π_ref = π_0, made peaked by ``transformer_init_scale`` so that it ranks many pairs
+wrongly) trained by DPO on the training engine (``algorithm.name: dpo``, the testbed task:
+fresh pairs from π_ref every engine step, Bernoulli Bradley–Terry labels, warm-started Adam).
+The task's exact history (the enumerated log π_t after every step) is scored exactly over the
+training-pair distribution — ordered pairs (y_w, y_l), y_w ≠ y_l, weighted by
+π_ref(y_w) π_ref(y_l) P(y_w ≻ y_l) — giving (e) the four categories and (f) the observed ranking
+accuracy per step against the idealized R* of Cor 3.3 at the transformer's β (α = P(y_w ≻ y_l)).
 
     jaxalign reproduce ranking-accuracy --out results/ranking-accuracy
 """
@@ -31,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxalign import kl
+from jaxalign import kl, plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.losses import pairwise as PW
 from jaxalign.losses import ranking as RK
@@ -59,6 +66,17 @@ class Config:
     gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)  # γ-scaled DPO
     steps: int = 500  # full-batch Adam steps
     learning_rate: float = 0.05
+    # Panels (e, f): a transformer trained by DPO on the engine, on its own small testbed.
+    transformer: bool = True  # false: the tabular panels only
+    transformer_alphabet_size: int = 3  # A of the transformer's testbed
+    transformer_response_length: int = 2  # L of the transformer's testbed
+    transformer_hidden_size: int = 32  # width of the one-layer transformer
+    transformer_init_scale: float = 0.3  # initializer_range: larger, a more peaked π_ref
+    transformer_beta: float = 0.1  # DPO's β
+    transformer_batch_size: int = 512  # pairs from π_ref per engine step
+    transformer_inner_steps: int = 5  # Adam steps per fit (warm-started)
+    transformer_learning_rate: float = 2e-4  # small: the flips spread over the steps
+    transformer_iterations: int = 20  # engine steps (fresh pairs each)
 
     def __post_init__(self):
         if self.num_pairs < 10 or self.num_val_pairs < 10:
@@ -69,12 +87,27 @@ class Config:
             raise ValueError(f"gammas must be >= 0, got {self.gammas}")
         if self.steps < 1 or self.learning_rate <= 0:
             raise ValueError("need steps >= 1 and learning_rate > 0")
+        if self.transformer_beta <= 0 or self.transformer_iterations < 1:
+            raise ValueError(
+                f"need transformer_beta > 0 and transformer_iterations >= 1, got "
+                f"{self.transformer_beta}, {self.transformer_iterations}"
+            )
+        if self.transformer_hidden_size % 2:
+            raise ValueError(
+                f"transformer_hidden_size must be even, got {self.transformer_hidden_size}"
+            )
 
 
 def run(config: Config, track) -> Result:
+    transformer = None
+    if config.transformer:
+        for _ in track([0], "transformer DPO run (engine)"):
+            trained = _train_transformer(config)  # float32: the engine's own precision
+        with jax.enable_x64(True):
+            transformer = _score_transformer(config, trained)
     # optax's Adam mixes int and float (its step count), which strict promotion rejects.
     with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
-        return _run(config, track)
+        return _run(config, track, transformer)
 
 
 def _pairs(key, log_ref, r, num):
@@ -128,9 +161,7 @@ def _train(log_ref, w, l_, vw, vl, pref, beta, gamma, steps, lr):
     return traces, jax.nn.log_softmax(theta)
 
 
-def _run(config: Config, track) -> Result:
-    import matplotlib.pyplot as plt
-
+def _run(config: Config, track, transformer) -> Result:
     testbed = Testbed(config.alphabet_size, config.response_length)
     k_r, k_ref, k_pairs, k_val = jax.random.split(jax.random.key(config.seed), 4)
     shape = (config.response_length, config.alphabet_size)
@@ -208,7 +239,17 @@ def _run(config: Config, track) -> Result:
         )
 
     # ------------------------------------------------------------------ figure
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    fig, flat = plotting.figure(
+        2 if transformer is None else 3,
+        2,
+        panel_size=(6.5, 4.6),
+        suptitle=(
+            f"Ranking accuracy of DPO on the testbed ({testbed.num_responses} responses, "
+            f"{config.num_pairs} pairs from $\\pi_{{\\rm ref}}$): (a–d) tabular policy"
+            + ("" if transformer is None else ", (e, f) a transformer trained by the engine")
+        ),
+    )
+    axes = np.asarray(flat, dtype=object).reshape(-1, 2)
     ax = axes[0, 0]
     steps = np.arange(1, config.steps + 1)
     for i, (_, label, color) in enumerate(_CATEGORIES):
@@ -285,11 +326,8 @@ def _run(config: Config, track) -> Result:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"Ranking accuracy of DPO on the testbed ({testbed.num_responses} responses, "
-        f"{config.num_pairs} pairs from $\\pi_{{\\rm ref}}$, tabular policy)"
-    )
-    fig.tight_layout()
+    if transformer is not None:
+        _transformer_panels(config, axes[2], transformer)
 
     initially_wrong = cats[0, 2] + cats[0, 3]  # after step 1 the reference ranks are intact
     cats_ref = np.asarray(RK.flip_categories(log_ref[w], log_ref[l_], log_ref[w], log_ref[l_]))
@@ -313,17 +351,159 @@ def _run(config: Config, track) -> Result:
         "final_kl": float(traces["kl"][-1]),
         "final_win_rate": float(traces["win"][-1]),
     }
+    if transformer is not None:
+        summary["transformer"] = transformer["summary"]
+        for t, (cats_t, kl_t) in enumerate(zip(transformer["categories"], transformer["kl"])):
+            rows.append(
+                {
+                    "series": "transformer",
+                    "step": t,
+                    **{name: float(cats_t[i]) for i, (name, _, _) in enumerate(_CATEGORIES)},
+                    "kl": float(kl_t),
+                }
+            )
     return Result(figure=fig, table=rows, summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels (e, f): a transformer trained by DPO on the training engine, scored every step.
+
+
+def _engine_config(config: Config, out_dir):
+    """The engine config of the transformer's DPO run (light: no checkpoints, TensorBoard or
+    saved model)."""
+    from jaxalign.train import testbed_run_config
+
+    return testbed_run_config(
+        {"name": "dpo", "beta": config.transformer_beta},
+        alphabet_size=config.transformer_alphabet_size,
+        response_length=config.transformer_response_length,
+        hidden_size=config.transformer_hidden_size, num_kv_heads=2,
+        init_scale=config.transformer_init_scale, steps=config.transformer_iterations,
+        seed=config.seed, out_dir=out_dir,
+        online={"batch_size": config.transformer_batch_size,
+                "inner_steps": config.transformer_inner_steps,
+                "learning_rate": config.transformer_learning_rate},
+        testbed={"enabled": True, "preference": "bradley_terry",
+                 "reward_scale": config.reward_scale, "seed": config.seed},
+        oracle={"sample": True},
+        logging={"kl_ref": False},
+    )  # fmt: skip
+
+
+def _train_transformer(config: Config) -> dict:
+    """One engine run of DPO on the testbed; its exact log π_t of every step, π_ref, P."""
+    import tempfile
+    from pathlib import Path
+
+    from jaxalign.train import train
+
+    with tempfile.TemporaryDirectory(prefix="ranking-accuracy-") as tmp:
+        result = train(_engine_config(config, Path(tmp) / "dpo"), quiet=True)
+    task = result.task
+    return dict(
+        log_policies=np.asarray(task.exact_history.history().log_policies, np.float64),
+        log_ref=np.asarray(task.log_ref, np.float64),
+        p=np.asarray(task.setup.game.preference, np.float64),
+    )
+
+
+def _score_transformer(config: Config, trained: dict) -> dict:
+    """Exact population flip categories per step, over the training-pair distribution:
+    ordered pairs (y_w, y_l), y_w ≠ y_l, with weight π_ref(y_w) π_ref(y_l) P(y_w ≻ y_l)
+    (both responses from π_ref, the winner by the Bradley–Terry label)."""
+    log_ref = jax.nn.log_softmax(jnp.asarray(trained["log_ref"]))
+    log_pis = jax.nn.log_softmax(jnp.asarray(trained["log_policies"]), axis=-1)
+    p = jnp.asarray(trained["p"])
+    n = log_ref.shape[0]
+    iw, il = np.nonzero(~np.eye(n, dtype=bool))
+    weight = jnp.exp(log_ref[iw] + log_ref[il]) * p[iw, il]
+    weight = weight / jnp.sum(weight)
+    before = RK.ranked_correctly(log_ref[iw], log_ref[il])
+
+    def categories(lp):
+        now = RK.ranked_correctly(lp[iw], lp[il])
+        return jnp.stack(
+            [
+                jnp.sum(weight * before * now),
+                jnp.sum(weight * before * (1 - now)),
+                jnp.sum(weight * (1 - before) * now),
+                jnp.sum(weight * (1 - before) * (1 - now)),
+            ]
+        )
+
+    cats = np.asarray(jax.vmap(categories)(log_pis))  # [T + 1, 4]
+    alpha = jnp.clip(p[iw, il], RK.ALPHA_CLIP, 1 - RK.ALPHA_CLIP)
+    ideal = RK.optimal_log_ratio(log_ref[iw], log_ref[il], alpha, beta=config.transformer_beta)
+    kls = np.asarray(jax.vmap(lambda lp: kl.kl_divergence(lp, log_ref))(log_pis))
+    wrong0 = float(cats[0, 2] + cats[0, 3])
+    return dict(
+        categories=cats,
+        kl=kls,
+        summary={
+            "num_responses": int(n),
+            "reference_accuracy": float(cats[0, 0] + cats[0, 1]),
+            "accuracy_final": float(cats[-1, 0] + cats[-1, 2]),
+            "idealized_accuracy": float(jnp.sum(weight * (ideal > 0).astype(weight.dtype))),
+            "categories_final": {
+                name: float(cats[-1, i]) for i, (name, _, _) in enumerate(_CATEGORIES)
+            },
+            "flipped_fraction_final": float(cats[-1, 2] / wrong0) if wrong0 else None,
+            "final_kl": float(kls[-1]),
+        },
+    )
+
+
+def _transformer_panels(config: Config, axes, transformer: dict) -> None:
+    """(e) the four categories and (f) ranking accuracy vs the engine step."""
+    cats, s = transformer["categories"], transformer["summary"]
+    steps = np.arange(cats.shape[0])
+    ax_e, ax_f = axes
+    for i, (_, label, color) in enumerate(_CATEGORIES):
+        ax_e.plot(steps, cats[:, i], "-o", ms=3, color=color, label=label)
+    ax_e.set_xlabel(
+        f"engine step ({config.transformer_batch_size} fresh pairs from $\\pi_{{\\rm ref}}$ each)"
+    )
+    ax_e.set_ylabel("fraction of training pairs (exact)")
+    ax_e.set_title(
+        f"(e) transformer ({s['num_responses']} responses), DPO "
+        f"$\\beta={config.transformer_beta:g}$: categories",
+        fontsize=10,
+    )
+    ax_e.set_ylim(-0.02, 1.02)
+    plotting.legend(ax_e, fontsize=8, outside=True)
+    ax_e.grid(alpha=0.3)
+    ax_f.plot(steps, cats[:, 0] + cats[:, 2], "-o", ms=3, color="C0", label="observed (exact)")
+    plotting.reference_line(ax_f, y=s["idealized_accuracy"], horizontal=True,
+                            label=r"idealized $R^*$ (Cor 3.3)")  # fmt: skip
+    plotting.reference_line(ax_f, y=s["reference_accuracy"], horizontal=True, ls=":",
+                            label=r"$\pi_{\rm ref}$")  # fmt: skip
+    ax_f.set_xlabel("engine step")
+    ax_f.set_ylabel("ranking accuracy on training pairs")
+    ax_f.set_title("(f) transformer: observed vs idealized ranking accuracy", fontsize=10)
+    ax_f.set_ylim(0, 1.05)
+    plotting.legend(ax_f, fontsize=8, outside=True)
+    ax_f.grid(alpha=0.3)
 
 
 EXPERIMENT = Experiment(
     name="ranking-accuracy",
     description=(
         "DPO's ranking accuracy on the testbed: flip categories, the −log σ(βc) threshold, "
-        "idealized R*, γ-scaled DPO (Chen et al. 2024)"
+        "idealized R*, γ-scaled DPO, and a transformer trained by DPO on the engine "
+        "(Chen et al. 2024)"
     ),
     config_cls=Config,
     run=run,
+    headline=(
+        "reference_accuracy",
+        "flip_condition_matches_ranking",
+        "flipped_fraction_final",
+        "transformer.reference_accuracy",
+        "transformer.accuracy_final",
+        "transformer.idealized_accuracy",
+        "transformer.flipped_fraction_final",
+    ),
 )
 
 

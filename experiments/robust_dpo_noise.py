@@ -15,8 +15,29 @@ enumerable testbed, exactly where possible:
     pairs vs n (fitted slopes, ≈ −½) and vs 1/(1−2ε) (fitted slope, ≈ 1), against the exact
     sandwich prediction; plain DPO on noisy labels for contrast (biased: its error plateaus).
 
-The tabular and log-linear parts are exact or Monte Carlo over the closed-form estimators; no
-transformer is trained here.
+(g, h, i) the LLM form: a one-layer transformer policy on its own small testbed (A = 3, L = 2:
+    9 responses, a near-uniform π_ref = π_0), trained by the training engine
+    (:func:`jaxalign.train.engine.run`, the testbed task of ``algorithm.name: dpo`` /
+    ``robust_dpo``): every engine step samples fresh pairs from π_ref, labels them with a noisy
+    annotator (the testbed's Bradley–Terry label flipped at rate ε,
+    :func:`jaxalign.train.oracles.noisy_oracle`) and refits the loss (warm-started Adam). The
+    final policy is scored exactly on the enumerated responses: KL(π_θ‖π*), the true reward
+    E_π r and KL(π_θ‖π_ref), next to the exact population minimiser of the same loss and β.
+
+How the three losses run on the engine (config only, ``oracle.flip_rate = ε`` for the noisy
+annotator): DPO is ``dpo``; cDPO is ``dpo`` with ``label_smoothing = ε``; rDPO is
+``robust_dpo`` with ``flip_rate = ε``.
+
+"Matched KL" for the transformer (setting ``matched``): β of each (loss, ε) is the one whose
+exact population minimiser on the transformer's own π_ref has KL(·‖π_ref) = KL(π*‖π_ref), solved
+on the same β grid as panels (c, d) (rDPO's is β itself: its minimiser is π* at every ε). The
+transformer's own KL then lands near that value up to its sampling and fitting error (panel i).
+Setting ``same_beta`` trains every loss at β itself, the comparison of panel (b). At matched KL
+the population gap between the losses is ~1e-3 nats on this instance, far below a transformer
+run's finite-sample error (~0.1 nats), so the matched-KL transformer points agree within noise;
+at the same β the bias of DPO / cDPO under noise is large and the transformer shows it.
+
+The tabular and log-linear parts are exact or Monte Carlo over the closed-form estimators.
 
     jaxalign reproduce robust-dpo-noise --out results/robust-dpo-noise
 """
@@ -30,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import kl
+from jaxalign import kl, plotting
 from jaxalign.experiment import Experiment, Result
 from jaxalign.losses import label_noise as LN
 from jaxalign.testbed import Testbed, additive_reward
@@ -55,6 +76,19 @@ class Config:
     newton_steps: int = 15  # Newton steps of the log-linear fits
     radius_factor: float = 5.0  # rDPO's θ-ball: ‖ŵ‖ ≤ radius_factor · ‖w*‖
     dpo_contrast_flip_rate: float = 0.3  # ε of the plain-DPO log-linear curve (0: none)
+    # Panels (g–i): a transformer trained by the engine on its own small testbed.
+    transformer_flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)  # ε; () = no panels
+    transformer_alphabet_size: int = 3  # A of the transformer's testbed
+    transformer_response_length: int = 2  # L of the transformer's testbed
+    transformer_hidden_size: int = 32  # width of the one-layer transformer
+    transformer_init_scale: float = 0.05  # initializer_range: a near-uniform π_ref
+    transformer_batch_size: int = 1024  # pairs from π_ref per engine step
+    transformer_inner_steps: int = 20  # Adam steps per fit (warm-started)
+    transformer_learning_rate: float = 0.01
+    transformer_iterations: int = 10  # engine steps (fresh pairs each)
+    transformer_methods: tuple[str, ...] = ("dpo", "cdpo", "rdpo")  # losses trained
+    # "matched": β per (loss, ε) at matched KL; "same_beta": every loss at β itself
+    transformer_settings: tuple[str, ...] = ("matched", "same_beta")
 
     def __post_init__(self):
         if any(not 0 <= e < 0.5 for e in self.flip_rates) or not self.flip_rates:
@@ -71,11 +105,35 @@ class Config:
             )
         if self.replicates < 2:
             raise ValueError(f"replicates must be >= 2, got {self.replicates}")
+        if any(not 0 <= e < 0.5 for e in self.transformer_flip_rates):
+            raise ValueError(
+                f"transformer_flip_rates must be in [0, 0.5), got {self.transformer_flip_rates}"
+            )
+        if not set(self.transformer_settings) <= {"matched", "same_beta"} or (
+            self.transformer_flip_rates and not self.transformer_settings
+        ):
+            raise ValueError(
+                "transformer_settings must be among ('matched', 'same_beta'), got "
+                f"{self.transformer_settings}"
+            )
+        if not set(self.transformer_methods) <= set(LN.METHODS) or (
+            self.transformer_flip_rates and not self.transformer_methods
+        ):
+            raise ValueError(
+                f"transformer_methods must be among {LN.METHODS}, got {self.transformer_methods}"
+            )
+        if self.transformer_hidden_size % 2 or self.transformer_iterations < 1:
+            raise ValueError("need an even transformer_hidden_size and transformer_iterations >= 1")
 
 
 def run(config: Config, track) -> Result:
+    transformer = None
+    if config.transformer_flip_rates:
+        trained = _train_transformers(config, track)  # float32: the engine's own precision
+        with jax.enable_x64(True):
+            transformer = _score_transformers(config, trained)
     with jax.enable_x64(True):
-        return _run(config, track)
+        return _run(config, track, transformer)
 
 
 def _instance(config: Config):
@@ -128,7 +186,7 @@ def _matched(kls, values, target):
     return float(np.interp(target, kls[order], values[order]))
 
 
-def _run(config: Config, track) -> Result:
+def _run(config: Config, track, transformer) -> Result:
     import matplotlib.pyplot as plt
 
     testbed, log_ref, r, token_rewards, p = _instance(config)
@@ -273,7 +331,16 @@ def _run(config: Config, track) -> Result:
     small_margin = 2 * np.sqrt(d / ns)  # the w* → 0 limit of the sandwich at ε = 0
 
     # ------------------------------------------------------------------ figure
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9.2))
+    fig, flat = plotting.figure(
+        2 if transformer is None else 3,
+        3,
+        panel_size=(5.4, 4.4),
+        suptitle=(
+            f"Robust DPO under label flips on the testbed (A={config.alphabet_size}, "
+            f"L={config.response_length}, {testbed.num_responses} responses, BT gold reward)"
+        ),
+    )
+    axes = np.asarray(flat, dtype=object).reshape(-1, 3)
     eps_list = list(config.flip_rates)
 
     ax = axes[0, 0]
@@ -371,11 +438,9 @@ def _run(config: Config, track) -> Result:
     ax.set_title(r"(f) noise factor at the largest $n$")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, which="both")
-    fig.suptitle(
-        f"Robust DPO under label flips on the testbed (A={config.alphabet_size}, "
-        f"L={config.response_length}, {testbed.num_responses} responses, BT gold reward)"
-    )
-    fig.tight_layout()
+    if transformer is not None:
+        _transformer_panels(config, axes[2], *transformer)
+        rows += transformer[1]
 
     def per(method, key_):
         return {
@@ -404,17 +469,225 @@ def _run(config: Config, track) -> Result:
             f"{m}@{e:g}": v.tolist() for (m, e), v in errors.items() if m == "dpo"
         },
     }
+    if transformer is not None:
+        summary["transformer"] = transformer[0]
     return Result(figure=fig, table=rows, summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels (g–i): a transformer trained by the training engine on noisy labels.
+
+
+def _engine_config(config: Config, method: str, eps: float, beta: float, out_dir):
+    """The engine config of one transformer run (light: no checkpoints, TensorBoard or saved
+    model): the noisy annotator is ``oracle.flip_rate = ε``; cDPO is ``dpo`` with
+    ``label_smoothing = ε``, rDPO ``robust_dpo`` with ``flip_rate = ε``."""
+    from jaxalign.train import testbed_run_config
+
+    algorithm = {
+        "dpo": {"name": "dpo", "beta": beta},
+        "cdpo": {"name": "dpo", "beta": beta, "label_smoothing": eps},
+        "rdpo": {"name": "robust_dpo", "beta": beta, "flip_rate": eps},
+    }[method]
+    return testbed_run_config(
+        algorithm,
+        alphabet_size=config.transformer_alphabet_size,
+        response_length=config.transformer_response_length,
+        hidden_size=config.transformer_hidden_size, num_kv_heads=2,
+        init_scale=config.transformer_init_scale, steps=config.transformer_iterations,
+        seed=config.seed, out_dir=out_dir,
+        online={"batch_size": config.transformer_batch_size,
+                "inner_steps": config.transformer_inner_steps,
+                "learning_rate": config.transformer_learning_rate},
+        testbed={"enabled": True, "preference": "bradley_terry",
+                 "reward_scale": config.reward_scale, "seed": config.seed},
+        oracle={"sample": True, "flip_rate": eps},
+        logging={"kl_ref": False},
+    )  # fmt: skip
+
+
+def _engine_run(config: Config, method: str, eps: float, beta: float, out_dir):
+    """One engine run; returns its task (exact history, π_ref, game) after training."""
+    from jaxalign.train import train
+
+    return train(_engine_config(config, method, eps, beta, out_dir), quiet=True).task
+
+
+def _train_transformers(config: Config, track) -> dict:
+    """Engine runs per (loss, ε, setting): ``same_beta`` at β itself; ``matched`` at the β of
+    each (loss, ε) whose exact population minimiser on the transformer's own π_ref has
+    KL(·‖π_ref) = KL(π*‖π_ref) (rDPO's is β itself, its minimiser being π* at every ε).
+
+    Runs whose β is known up front go first; the first of them fixes π_ref (every run starts
+    from the same seed), from which the other matched β are solved. Identical runs (ε = 0,
+    where the three losses coincide; rDPO's two settings) are trained once."""
+    import tempfile
+    from pathlib import Path
+
+    from jaxalign.testbed import Testbed as _Testbed
+    from jaxalign.train.tasks.online_setup import testbed_reward
+
+    beta0, methods, settings = config.beta, config.transformer_methods, config.transformer_settings
+    grid = [(m, e, s) for s in settings for e in config.transformer_flip_rates for m in methods]
+    known = [j for j in grid if j[2] == "same_beta" or j[0] == "rdpo" or j[1] == 0]
+    solved = [j for j in grid if j not in known]
+    done: dict[tuple[str, float, float], np.ndarray] = {}  # (loss, ε, β) -> log π_T
+    runs, first = {}, []
+    with tempfile.TemporaryDirectory(prefix="robust-dpo-noise-") as tmp:
+
+        def train(job, beta):
+            method, eps, _ = job
+            loss = "dpo" if eps == 0 else method  # ε = 0: the three losses coincide
+            if (loss, eps, beta) not in done:
+                task = _engine_run(config, loss, eps, beta, Path(tmp) / f"run-{len(done)}")
+                done[loss, eps, beta] = np.asarray(task.exact_history.history().log_policies[-1])
+                if not first:
+                    first.append(task)
+            runs[job] = (beta, done[loss, eps, beta])
+
+        jobs = iter(track(known + solved, "transformer runs (engine)"))
+        for job in known:
+            train(job, beta0)
+            next(jobs, None)
+        task = first[0] if first else _engine_run(config, "dpo", 0.0, beta0, Path(tmp) / "ref")
+        cfg = task.config
+        testbed = _Testbed(cfg.testbed.alphabet_size, cfg.testbed.response_length)
+        r32 = testbed_reward(cfg.testbed, testbed)  # float32 draws: the game's own reward
+        with jax.enable_x64(True):
+            log_ref = jax.nn.log_softmax(jnp.asarray(task.log_ref, jnp.float64))
+            r = jnp.asarray(r32, jnp.float64)
+            p = jnp.asarray(task.setup.game.preference, jnp.float64)
+            target_kl = float(kl.kl_divergence(kl.tilted_policy(log_ref, r, beta0), log_ref))
+            betas = np.geomspace(beta0 * 0.01, beta0 * 2.0, config.beta_grid)
+            beta_m = {}
+            for method, eps, _ in solved:
+                _, g, kls, _ = _sweep(log_ref, p, r, method, jnp.asarray([eps]), jnp.asarray(betas))
+                ok = np.asarray(g[0]) < 1e-8
+                log_b = _matched(np.asarray(kls[0])[ok], np.log(betas[ok]), target_kl)
+                beta_m[method, eps] = float(np.exp(log_b))
+        for job in solved:
+            train(job, beta_m[job[:2]])
+            next(jobs, None)
+    return dict(log_ref=np.asarray(log_ref), r=np.asarray(r), p=np.asarray(p), runs=runs,
+                target_kl=target_kl, num_runs=len(done))  # fmt: skip
+
+
+def _score_transformers(config: Config, trained: dict) -> tuple[dict, list[dict]]:
+    """Exact distance to the clean target, true reward and KL to π_ref of every run's final
+    policy, next to the exact population minimiser of its loss at its β."""
+    log_ref, r, p = (jnp.asarray(trained[k]) for k in ("log_ref", "r", "p"))
+    target = kl.tilted_policy(log_ref, r, config.beta)
+    out: dict = {}
+    rows = []
+    for (method, eps, setting), (beta, log_pi) in trained["runs"].items():
+        lp = jax.nn.log_softmax(jnp.asarray(log_pi, jnp.float64))
+        pop, _ = LN.tabular_population_minimiser(
+            log_ref, p, method=method, flip_rate=eps, beta=beta
+        )
+        rec = {
+            "beta": beta,
+            "kl_to_target": float(kl.kl_divergence(lp, target)),
+            "reward": float(kl.expected_reward(lp, r)),
+            "kl_to_ref": float(kl.kl_divergence(lp, log_ref)),
+            "population_kl_to_target": float(kl.kl_divergence(pop, target)),
+            "population_reward": float(kl.expected_reward(pop, r)),
+        }
+        out.setdefault(setting, {}).setdefault(method, {})[f"{eps:g}"] = rec
+        rows.append({"part": "transformer", "setting": setting, "method": method,
+                     "flip_rate": eps, **rec})  # fmt: skip
+    summary = {
+        "num_responses": int(log_ref.shape[0]),
+        "engine_runs": trained["num_runs"],
+        "target_kl": trained["target_kl"],
+        "target_reward": float(kl.expected_reward(target, r)),
+        "reference_reward": float(kl.expected_reward(log_ref, r)),
+    }
+    for setting, per_method in out.items():
+        for key in ("kl_to_target", "reward", "kl_to_ref", "beta", "population_kl_to_target"):
+            summary[f"{key}_{setting}"] = {
+                m: {e: v[key] for e, v in recs.items()} for m, recs in per_method.items()
+            }
+    return summary, rows
+
+
+def _transformer_panels(config: Config, axes, summary: dict, rows: list[dict]) -> None:
+    """(g) KL(π‖π*), (h) true reward and (i) KL(π‖π_ref) of the trained transformers vs ε."""
+    eps = list(config.transformer_flip_rates)
+
+    def series(setting, method, key):
+        by = {
+            r["flip_rate"]: r[key]
+            for r in rows
+            if r["setting"] == setting and r["method"] == method
+        }
+        return [by[e] for e in eps]
+
+    styles = {
+        "matched": ("o-", "matched KL"),
+        "same_beta": ("s--", rf"same $\beta={config.beta:g}$"),
+    }
+    settings = [(s, *styles[s]) for s in config.transformer_settings]
+    ax_g, ax_h, ax_i = axes
+    for method in config.transformer_methods:
+        c = _COLORS[method]
+        for setting, fmt, what in settings:
+            label = f"{_LABELS[method]}, {what}"
+            if method == "rdpo":  # its matched β is β itself: one set of runs, drawn once
+                if setting != settings[0][0]:
+                    continue
+                label = rf"rDPO, $\beta={config.beta:g}$ (= matched KL)"
+            ax_g.plot(eps, np.maximum(series(setting, method, "kl_to_target"), 1e-4), fmt,
+                      color=c, label=label)  # fmt: skip
+            ax_g.plot(eps, np.maximum(series(setting, method, "population_kl_to_target"), 1e-4),
+                      ":", color=c, lw=1)  # fmt: skip
+            ax_h.plot(eps, series(setting, method, "reward"), fmt, color=c, label=label)
+            ax_i.plot(eps, series(setting, method, "kl_to_ref"), fmt, color=c, label=label)
+    pop_label = r"exact population minimiser (same loss, $\beta$; floor $10^{-4}$)"
+    ax_g.plot([], [], ":", color=plotting.REFERENCE_COLOR, lw=1, label=pop_label)
+    ax_g.set_yscale("log")
+    ax_g.set_ylabel(r"KL$(\pi_\theta \,\|\, \pi^*)$  [nats]")
+    n = summary["num_responses"]
+    ax_g.set_title(f"(g) transformer ({n} responses): distance to $\\pi^*$", fontsize=10)
+    plotting.reference_line(ax_h, y=summary["target_reward"], horizontal=True,
+                            label=r"clean target $\pi^*$")  # fmt: skip
+    plotting.reference_line(ax_h, y=summary["reference_reward"], horizontal=True, ls=":",
+                            label=r"$\pi_{\rm ref}$")  # fmt: skip
+    ax_h.set_ylabel(r"true reward $E_{\pi_\theta}[r]$")
+    ax_h.set_title("(h) transformer: true reward", fontsize=10)
+    plotting.reference_line(ax_i, y=summary["target_kl"], horizontal=True,
+                            label=r"KL$(\pi^* \| \pi_{\rm ref})$ (the matched value)")  # fmt: skip
+    ax_i.set_ylabel(r"KL$(\pi_\theta \,\|\, \pi_{\rm ref})$  [nats]")
+    ax_i.set_title(
+        f"(i) transformer: KL to $\\pi_{{\\rm ref}}$ (engine, {config.transformer_iterations} "
+        f"steps of {config.transformer_batch_size} pairs)",
+        fontsize=10,
+    )
+    for ax in axes:
+        ax.set_xlim(-0.02, 0.42)
+        ax.set_xlabel(r"flip rate $\varepsilon$")
+        ax.grid(alpha=0.3, which="both")
+    plotting.figure_legend(ax_g.figure, list(axes), ncols=4, fontsize=8)
 
 
 EXPERIMENT = Experiment(
     name="robust-dpo-noise",
     description=(
-        "DPO / cDPO / rDPO under label flips: exact testbed minimisers at matched KL and the "
-        "log-linear √(d/n)/(1−2ε) error scaling (Chowdhury et al. 2024)"
+        "DPO / cDPO / rDPO under label flips: exact testbed minimisers at matched KL, the "
+        "log-linear √(d/n)/(1−2ε) error scaling and transformers trained by the engine on "
+        "noisy labels (Chowdhury et al. 2024)"
     ),
     config_cls=Config,
     run=run,
+    headline=(
+        "kl_to_target_same_beta",
+        "kl_to_target_matched_kl",
+        "loglinear_slope_in_inv_one_minus_two_eps",
+        "transformer.kl_to_target_same_beta",
+        "transformer.reward_same_beta",
+        "transformer.kl_to_target_matched",
+        "transformer.reward_matched",
+        "transformer.target_reward",
+    ),
 )
 
 

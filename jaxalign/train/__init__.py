@@ -48,6 +48,7 @@ from jaxalign.train.config import (
     TrainDataConfig,
     config_to_dict,
     load_train_config,
+    testbed_run_config,
     train_config_from_dict,
 )
 from jaxalign.train.engine import NonFiniteError, RunLockedError, TrainResult, run
@@ -165,6 +166,7 @@ __all__ = [
     "shard_preference_batch",
     "testbed_oracle",
     "testbed_responses",
+    "testbed_run_config",
     "train",
     "train_config_from_dict",
     "train_shardings",

@@ -912,6 +912,83 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return to_dict(config)
 
 
+def testbed_run_config(
+    algorithm: dict[str, Any],
+    *,
+    alphabet_size: int,
+    response_length: int,
+    hidden_size: int = 32,
+    num_layers: int = 1,
+    num_kv_heads: int = 1,
+    init_scale: float,
+    steps: int,
+    seed: int,
+    out_dir: str | Path,
+    online: dict[str, Any] | None = None,
+    testbed: dict[str, Any] | None = None,
+    oracle: dict[str, Any] | None = None,
+    logging: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> TrainConfig:
+    """The config of a light run of a tiny transformer over the enumerable testbed.
+
+    For experiments and tests that train a small model whose every response the testbed
+    enumerates: one device (``mesh`` 1×1×1, however many there are), no checkpoints,
+    TensorBoard, progress bar or saved model. The model's vocabulary is the testbed alphabet;
+    it has ``num_layers`` layers of width ``hidden_size`` (MLP ``2 * hidden_size``, two heads
+    of ``hidden_size // 2``, ``num_kv_heads`` KV heads) and weight std ``init_scale``;
+    ``run.seed = seed`` draws π_ref (the testbed's preference has its own
+    ``testbed["seed"]``); the oracle is the testbed's own preference.
+
+    Args:
+      algorithm: the ``algorithm`` section (``name`` and its hyperparameters).
+      alphabet_size, response_length: the testbed's A and L (A^L responses).
+      hidden_size, num_layers, num_kv_heads, init_scale: the model.
+      steps, seed, out_dir: the ``run`` section.
+      online, testbed, oracle, logging: merged over the defaults of those sections.
+      **sections: any other section (``run={"save_model": True}``, ``model={...}``,
+        ``optimizer={...}``), merged over its defaults key by key.
+
+    Returns:
+      The :class:`TrainConfig` (validated as :func:`train_config_from_dict` validates).
+
+    Example::
+
+      config = testbed_run_config({"name": "inpo", "tau": 0.0}, alphabet_size=3,
+                                  response_length=2, init_scale=0.5, steps=10, seed=0,
+                                  out_dir="/tmp/run")
+      assert config.task_kind == "nash"
+    """
+    h = hidden_size
+    data: dict[str, dict[str, Any]] = {
+        "algorithm": dict(algorithm),
+        "online": dict(online or {}),
+        "model": {
+            "vocab_size": alphabet_size,
+            "hidden_size": h,
+            "intermediate_size": 2 * h,
+            "num_layers": num_layers,
+            "num_heads": 2,
+            "num_kv_heads": num_kv_heads,
+            "head_dim": h // 2,
+            "initializer_range": init_scale,
+        },
+        "testbed": {
+            "alphabet_size": alphabet_size,
+            "response_length": response_length,
+            **(testbed or {}),
+        },
+        "oracle": {"kind": "testbed", **(oracle or {})},
+        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device, however many there are
+        "run": {"steps": steps, "seed": seed, "out_dir": str(out_dir), "save_model": False},
+        "checkpoint": {"enabled": False},
+        "logging": {"progress_bar": False, "tensorboard": False, **(logging or {})},
+    }
+    for name, section in sections.items():
+        data[name] = {**data.get(name, {}), **section}
+    return train_config_from_dict(data)
+
+
 __all__ = [
     "ALGORITHMS",
     "MULTIOBJECTIVE_ALGORITHMS",
@@ -942,5 +1019,6 @@ __all__ = [
     "TrainDataConfig",
     "config_to_dict",
     "load_train_config",
+    "testbed_run_config",
     "train_config_from_dict",
 ]
