@@ -4,6 +4,7 @@ with its optimizer and train-state shardings, the preference datasets and loader
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from jaxalign.train.state import (
     init_train_state,
     train_shardings,
 )
-from jaxalign.train.tasks.base import RunContext, Task
+from jaxalign.train.tasks.base import RunContext, Task, sharded_init
 
 
 def load_run_tokenizer(ctx: RunContext):
@@ -203,6 +204,41 @@ def adapted_with_heads(model, lora: LoRAConfig, heads: tuple[str, ...], *, key: 
     ``heads`` train, the rest is the frozen base (in ``lora.base_dtype``)."""
     _, trainable, frozen = nnx.split(_adapt_trunk(model, lora, heads, key), head_filter(heads), ...)
     return trainable, frozen
+
+
+def init_head_model(parts, build: Callable[[jax.Array], Any], heads: tuple[str, ...], key):
+    """``(state, frozen)`` of a scalar- or pairwise-head model (reward / preference model).
+
+    ``parts`` carries ``tx``, ``lora``, ``base_graphdef``, ``shardings`` and ``pretrained``
+    (the task's build result); ``build(k)`` makes a fresh model from key ``k`` when nothing is
+    pretrained. Without LoRA ``frozen`` is None and the state holds every parameter; with LoRA
+    the trunk gets adapters drawn from ``fold_in(init key, 1)`` (B = 0, so the model starts
+    exactly at the base) and the state holds the adapters and the ``heads``.
+    """
+    init_key, step_key = jax.random.split(key)
+    tx, lora = parts.tx, parts.lora
+
+    def make(k, params):
+        if params is None:
+            params = nnx.split(build(k))[1]
+        frozen = None
+        if lora is not None:
+            model = nnx.merge(parts.base_graphdef, params)
+            adapter_key = jax.random.fold_in(init_key, 1)
+            params, frozen = adapted_with_heads(model, lora, heads, key=adapter_key)
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                           jax.random.key_data(step_key))  # fmt: skip
+        return state, frozen
+
+    shardings = parts.shardings
+    out = (shardings.state, None if lora is None else shardings.reference)
+    if parts.pretrained is None:
+        return sharded_init(lambda k: make(k, None), out, init_key)
+    # Under LoRA the checkpoint is already placed (from_pretrained) and split in make.
+    params = parts.pretrained
+    if lora is None:
+        params = jax.device_put(params, shardings.reference)
+    return sharded_init(lambda p: make(None, p), out, params)
 
 
 def abstract_lora_with_heads(
@@ -471,6 +507,7 @@ __all__ = [
     "abstract_lora_model",
     "abstract_lora_with_heads",
     "adapted_with_heads",
+    "init_head_model",
     "build_policy",
     "check_vocab",
     "dropout_key",

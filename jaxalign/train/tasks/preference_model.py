@@ -96,7 +96,7 @@ from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import Shardings, TrainState, apply_gradients, train_shardings
 from jaxalign.train.tasks import common
-from jaxalign.train.tasks.base import RunContext, Task, sharded_init
+from jaxalign.train.tasks.base import RunContext, Task
 from jaxalign.train.tasks.sft import (
     constrain_micro_batch,
     eval_every,
@@ -552,35 +552,15 @@ class PreferenceModelTask(Task):
             self._eval_shard = row_multiple(ctx, sh.batch)[:2]
 
     def init(self, key: jax.Array):
-        init_key, step_key = jax.random.split(key)
-        tx, pm = self.pm.tx, self.pm
-
-        def make(k, params):
-            if params is None:
-                model = PreferenceModel(pm.config, rngs=nnx.Rngs(params=k), rank=pm.rank)
-                params = nnx.split(model)[1]
-            frozen = None
-            if pm.lora is not None:  # adapters from fold_in(init key, 1), B = 0
-                model = nnx.merge(pm.base_graphdef, params)
-                adapter_key = jax.random.fold_in(init_key, 1)
-                params, frozen = common.adapted_with_heads(model, pm.lora, HEADS, key=adapter_key)
-            state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                               jax.random.key_data(step_key))  # fmt: skip
-            return state if pm.lora is None else (state, frozen)
-
-        shardings = pm.shardings
-        out = shardings.state if pm.lora is None else (shardings.state, shardings.reference)
-        if pm.pretrained is None:
-            made = sharded_init(lambda k: make(k, None), out, init_key)
-        else:
-            # Under LoRA the checkpoint is already placed (from_pretrained) and split in make.
-            params = pm.pretrained
-            if pm.lora is None:
-                params = jax.device_put(params, shardings.reference)
-            made = sharded_init(lambda p: make(None, p), out, params)
-        if pm.lora is None:
-            return made
-        state, self.frozen = made
+        pm = self.pm
+        state, frozen = common.init_head_model(
+            pm,
+            lambda k: PreferenceModel(pm.config, rngs=nnx.Rngs(params=k), rank=pm.rank),
+            HEADS,
+            key,
+        )
+        if pm.lora is not None:
+            self.frozen = frozen
         return state
 
     def batch(self, step: int, key: jax.Array):

@@ -74,7 +74,7 @@ from jaxalign.train.metrics import dpo_step_flops
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import Shardings, TrainState, apply_gradients, train_shardings
 from jaxalign.train.tasks import common
-from jaxalign.train.tasks.base import RunContext, Task, sharded_init
+from jaxalign.train.tasks.base import RunContext, Task
 from jaxalign.train.tasks.sft import (
     constrain_micro_batch,
     eval_every,
@@ -356,35 +356,12 @@ class RewardModelTask(Task):
             self._eval_shard = row_multiple(ctx, sh.batch)[:2]
 
     def init(self, key: jax.Array):
-        init_key, step_key = jax.random.split(key)
-        tx, rm = self.rm.tx, self.rm
-
-        def make(k, params):
-            if params is None:
-                model = RewardModel(rm.config, rngs=nnx.Rngs(params=k))
-                params = nnx.split(model)[1]
-            frozen = None
-            if rm.lora is not None:  # adapters from fold_in(init key, 1), B = 0
-                model = nnx.merge(rm.base_graphdef, params)
-                adapter_key = jax.random.fold_in(init_key, 1)
-                params, frozen = common.adapted_with_heads(model, rm.lora, HEADS, key=adapter_key)
-            state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                               jax.random.key_data(step_key))  # fmt: skip
-            return state if rm.lora is None else (state, frozen)
-
-        shardings = rm.shardings
-        out = shardings.state if rm.lora is None else (shardings.state, shardings.reference)
-        if rm.pretrained is None:
-            made = sharded_init(lambda k: make(k, None), out, init_key)
-        else:
-            # Under LoRA the checkpoint is already placed (from_pretrained) and split in make.
-            params = rm.pretrained
-            if rm.lora is None:
-                params = jax.device_put(params, shardings.reference)
-            made = sharded_init(lambda p: make(None, p), out, params)
-        if rm.lora is None:
-            return made
-        state, self.frozen = made
+        rm = self.rm
+        state, frozen = common.init_head_model(
+            rm, lambda k: RewardModel(rm.config, rngs=nnx.Rngs(params=k)), HEADS, key
+        )
+        if rm.lora is not None:
+            self.frozen = frozen
         return state
 
     def batch(self, step: int, key: jax.Array):
