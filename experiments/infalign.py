@@ -337,40 +337,33 @@ def _train_transformers(config: Config, track, t_star) -> list[dict]:
     from pathlib import Path
 
     from jaxalign.train.engine import run as engine_run
-    from jaxalign.train.tasks.policy_gradient import KLObjective, PGStep, PolicyGradientTask
+    from jaxalign.train.tasks.policy_gradient import PolicyGradientTask
 
-    class RewardFromReference(PolicyGradientTask):
-        """KL-PG whose reward (and β) is computed from π_ref's exact distribution."""
+    def reward_from_reference(method, budget, t, info):
+        """KL-PG's reward (and β) from π_ref's exact distribution, recorded in ``info``."""
 
-        def __init__(self, ctx, method, budget, t):
-            super().__init__(ctx)
-            self.method, self.budget, self.t = method, budget, t
-
-        def init(self, key):
-            state = super().init(key)
-            log_ref32 = self._log_probs(self.frozen["reference"])
+        def make(log_ref32, raw32):
             with jax.enable_x64(True):
                 log_ref = np.asarray(jax.nn.log_softmax(jnp.asarray(log_ref32, jnp.float64)))
-                raw = np.asarray(self._reward, np.float64)
-                phi, beta = _method_reward(self.method, log_ref, raw, self.budget, self.t)
-            self.info = dict(log_ref=log_ref, raw=raw, phi=phi, beta=beta)
-            self.frozen["reward"] = jnp.asarray(phi, jnp.float32)
-            self.settings = dataclasses.replace(self.settings, beta=beta)
-            self.pg = PGStep(self.settings, self.setup.sampler, self.pg.reward)
-            self.objective = KLObjective(log_ref32, jnp.asarray(phi, jnp.float32), beta)
-            return state
+                raw = np.asarray(raw32, np.float64)
+                phi, beta = _method_reward(method, log_ref, raw, budget, t)
+            info.update(log_ref=log_ref, raw=raw, phi=phi, beta=beta)
+            return phi, beta
+
+        return make
 
     runs = []
     jobs = [(m, b, t) for b, t in zip(config.transformer_budgets, t_star)
             for m in config.transformer_methods]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="infalign-") as tmp:
         for i, (method, budget, t) in enumerate(track(jobs, "KL-PG runs")):
-            factory = lambda ctx, m=method, b=budget, t=float(t): RewardFromReference(ctx, m, b, t)
+            info = {}
+            make = reward_from_reference(method, budget, float(t), info)
+            factory = lambda ctx, make=make: PolicyGradientTask(ctx, testbed_reward=make)
             result = engine_run(_pg_config(config, Path(tmp) / f"run-{i}"), factory, quiet=True)
-            task = result.task
-            log_pi = np.asarray(task._log_probs(result.state.params), np.float64)
+            log_pi = np.asarray(result.task.exact_log_probs(result.state.params), np.float64)
             runs.append(dict(method=method, budget=float(budget), t=float(t), log_pi=log_pi,
-                             **task.info))  # fmt: skip
+                             **info))  # fmt: skip
     return runs
 
 

@@ -207,41 +207,33 @@ def _train_transformers(cfg: Config, track, keys: jax.Array, index: int) -> list
     from pathlib import Path
 
     from jaxalign.train.engine import run as engine_run
-    from jaxalign.train.tasks.policy_gradient import KLObjective, PGStep, PolicyGradientTask
+    from jaxalign.train.tasks.policy_gradient import PolicyGradientTask
 
     testbed = Testbed(cfg.alphabet_size, cfg.response_length)
     prepare = _transformer_instance(cfg, testbed, keys[index])  # compiled once for all runs
 
-    class CombinedRewardTask(PolicyGradientTask):
-        """KL-PG on a combined reward built from π_ref's exact distribution at ``init``;
-        β is the one whose tilt of π_ref has KL = ``budget``."""
+    def combined_reward(method, budget, info):
+        """KL-PG's combined reward (and β: its tilt of π_ref has KL = ``budget``) from π_ref's
+        exact distribution; the instance and target are recorded in ``info``."""
 
-        def __init__(self, ctx, method, budget):
-            super().__init__(ctx)
-            self.method, self.budget = method, budget
+        def make(log_ref, _testbed_reward):
+            inst, phi, targets, betas = prepare(jax.nn.log_softmax(log_ref), budget)
+            m = TRANSFORMER_METHODS.index(method)
+            info.update(inst=inst, instance=index, target=targets[m], beta=float(betas[m]))
+            return phi[m], float(betas[m])
 
-        def init(self, k):
-            state = super().init(k)
-            log_ref = jax.nn.log_softmax(self._log_probs(self.frozen["reference"]))
-            inst, phi, targets, betas = prepare(log_ref, self.budget)
-            m = TRANSFORMER_METHODS.index(self.method)
-            phi, beta = phi[m], float(betas[m])
-            self.info = dict(inst=inst, instance=index, target=targets[m], beta=beta)
-            self.frozen["reward"] = phi
-            self.settings = dataclasses.replace(self.settings, beta=beta)
-            self.pg = PGStep(self.settings, self.setup.sampler, self.pg.reward)
-            self.objective = KLObjective(log_ref, phi, beta)
-            return state
+        return make
 
     runs = []
     jobs = [(m, d) for d in cfg.transformer_budgets for m in TRANSFORMER_METHODS]
     with tempfile.TemporaryDirectory(prefix="reward-transforms-") as tmp:
         for i, (method, budget) in enumerate(track(jobs, "KL-PG runs (transformer)")):
-            factory = lambda ctx, m=method, d=budget: CombinedRewardTask(ctx, m, d)
+            info = {}
+            make = combined_reward(method, budget, info)
+            factory = lambda ctx, make=make: PolicyGradientTask(ctx, testbed_reward=make)
             result = engine_run(_pg_config(cfg, Path(tmp) / f"run-{i}"), factory, quiet=True)
-            task = result.task
-            log_pi = jax.nn.log_softmax(task._log_probs(result.state.params))
-            runs.append(dict(method=method, budget=float(budget), log_pi=log_pi, **task.info))
+            log_pi = jax.nn.log_softmax(result.task.exact_log_probs(result.state.params))
+            runs.append(dict(method=method, budget=float(budget), log_pi=log_pi, **info))
     return runs
 
 

@@ -42,6 +42,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -271,13 +272,25 @@ def pg_settings(config) -> PGSettings:
 
 
 class PolicyGradientTask(Task):
-    """``algorithm.name: kl_pg`` on the testbed (exact reward) or prompts (reward model)."""
+    """``algorithm.name: kl_pg`` on the testbed (exact reward) or prompts (reward model).
+
+    Args:
+      ctx: the run context.
+      testbed_reward: testbed only, optional ``f(log π_ref, r) -> (reward [K], β)`` with
+        ``r`` the testbed's own reward table: the reward over every response and the KL
+        weight, computed at ``init`` from the exact reference distribution (a calibrated or
+        transformed reward, β solved for a KL budget, …); it replaces ``r`` and
+        ``algorithm.beta``.
+    """
 
     name = "policy_gradient"
 
-    def __init__(self, ctx: RunContext):
+    def __init__(self, ctx: RunContext, *, testbed_reward: Callable[..., Any] | None = None):
         config = self.config = ctx.config
         self.ctx = ctx
+        if testbed_reward is not None and not config.testbed_mode:
+            raise ValueError("testbed_reward needs a testbed run (prompts.path empty)")
+        self._testbed_reward = testbed_reward
         self.setup = online_setup.build(ctx)
         self.model_config = self.setup.model_config
         self.settings = pg_settings(config)
@@ -299,8 +312,11 @@ class PolicyGradientTask(Task):
                 return rewards(nnx.merge(rm_graphdef, params), r.tokens, r.attention_mask)
 
             reward_shardings = jax.tree.map(lambda x: x.sharding, self._reward)
-        self.pg = PGStep(self.settings, self.setup.sampler, reward, lora=config.lora is not None,
-                         dropout=common.lora_dropout(config))  # fmt: skip
+        self._new_pg = lambda settings: PGStep(
+            settings, self.setup.sampler, reward, lora=config.lora is not None,
+            dropout=common.lora_dropout(config),
+        )  # fmt: skip
+        self.pg = self._new_pg(self.settings)
         self.lora_report = self.setup.lora_report(self.pg.tx)
         params_sh = self.setup.param_shardings
         with jax.numpy_dtype_promotion("standard"):
@@ -333,9 +349,22 @@ class PolicyGradientTask(Task):
 
             self._log_probs = lambda p: log_probs(p, reference)
             log_ref = self._log_probs(policy_view(None, reference, params, lora)[1])
+            if self._testbed_reward is not None:
+                table, beta = self._testbed_reward(log_ref, self._reward)
+                self._reward = jnp.asarray(table, jnp.float32)
+                self.frozen["reward"] = self._reward
+                self.settings = dataclasses.replace(self.settings, beta=float(beta))
+                self.pg = self._new_pg(self.settings)
             self.objective = KLObjective(log_ref, self._reward, self.settings.beta)
             self.initial = self.objective.scores(log_ref)
         return self.pg.init(params)
+
+    def exact_log_probs(self, params) -> jax.Array:
+        """``[K]`` log π over every testbed response of the policy ``params`` (after ``init``;
+        testbed runs only)."""
+        if self.setup.exact is None:
+            raise ValueError("exact_log_probs needs a testbed run (prompts.path empty)")
+        return self._log_probs(params)
 
     def batch(self, step: int, key: jax.Array) -> GroupBatch:
         s = self.settings
