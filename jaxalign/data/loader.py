@@ -72,7 +72,61 @@ class LoaderState(NamedTuple):
         return cls(**values)
 
 
-class PreferenceDataset:
+class TokenizedDataset:
+    """Tokenised examples held in memory, plus what loading skipped: the part every dataset
+    kind (:class:`PreferenceDataset`, SFT, unpaired) shares.
+
+    Attributes:
+        examples: the tokenised examples in file order.
+        source: where they were read from.
+        num_skipped: malformed rows skipped (``skip_malformed=True``).
+        skipped: the first skip messages (``file:line: reason``).
+        truncation: ``(max_length, max_prompt_length)`` the rows were cut to.
+
+    Raises:
+        ValueError: no valid rows.
+    """
+
+    kind = "dataset"  # named in the error for an empty dataset
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        *,
+        source: str = "",
+        num_skipped: int = 0,
+        skipped: Sequence[str] = (),
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
+    ):
+        if not examples:
+            raise ValueError(f"{self.kind} {source!r} has no valid rows")
+        self.examples = tuple(examples)
+        self.source = source
+        self.num_skipped = num_skipped
+        self.skipped = tuple(skipped)
+        self.truncation = (max_length, max_prompt_length)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.examples[i]
+
+    def _stats(self, **counts: Any) -> dict[str, Any]:
+        """The shared ``stats`` keys with the kind's own ``counts`` after ``num_examples``."""
+        return {
+            "source": self.source,
+            "num_examples": len(self),
+            **counts,
+            "num_skipped": self.num_skipped,
+            "max_length": self.truncation[0],
+            "max_prompt_length": self.truncation[1],
+            "first_skipped": self.skipped[0] if self.skipped else None,
+        }
+
+
+class PreferenceDataset(TokenizedDataset):
     """Tokenised preference pairs held in memory, plus what loading skipped.
 
     Attributes:
@@ -88,6 +142,8 @@ class PreferenceDataset:
         ValueError: no examples, or every pair is identical.
     """
 
+    kind = "preference dataset"
+
     def __init__(
         self,
         examples: Sequence[TokenizedPair],
@@ -99,13 +155,10 @@ class PreferenceDataset:
         max_prompt_length: int | None = None,
         identical: Sequence[str] = (),
     ):
-        if not examples:
-            raise ValueError(f"preference dataset {source!r} has no valid rows")
-        self.examples = tuple(examples)
-        self.source = source
-        self.num_skipped = num_skipped
-        self.skipped = tuple(skipped)
-        self.truncation = (max_length, max_prompt_length)
+        super().__init__(
+            examples, source=source, num_skipped=num_skipped, skipped=skipped,
+            max_length=max_length, max_prompt_length=max_prompt_length,
+        )  # fmt: skip
         self.num_prompt_truncated = sum(e.prompt_truncated for e in self.examples)
         self.num_response_truncated = sum(e.response_truncated for e in self.examples)
         self.num_identical = sum(np.array_equal(e.chosen, e.rejected) for e in self.examples)
@@ -120,12 +173,6 @@ class PreferenceDataset:
                 "responses keep the tokens where they differ"
             )
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> TokenizedPair:
-        return self.examples[i]
-
     def max_length(self) -> int:
         """Longest prompt + response in the dataset (tokens)."""
         return max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in self.examples)
@@ -135,15 +182,11 @@ class PreferenceDataset:
         """What loading found, for the run-start message (:func:`format_data_stats`) and
         ``summary.json``: rows kept and skipped, truncations, identical pairs (JSON-able)."""
         return {
-            "source": self.source,
-            "num_examples": len(self),
-            "num_skipped": self.num_skipped,
-            "num_prompt_truncated": self.num_prompt_truncated,
-            "num_response_truncated": self.num_response_truncated,
-            "num_identical": self.num_identical,
-            "max_length": self.truncation[0],
-            "max_prompt_length": self.truncation[1],
-            "first_skipped": self.skipped[0] if self.skipped else None,
+            **self._stats(
+                num_prompt_truncated=self.num_prompt_truncated,
+                num_response_truncated=self.num_response_truncated,
+                num_identical=self.num_identical,
+            ),
             "first_identical": self.identical[0] if self.identical else None,
         }
 
@@ -594,6 +637,7 @@ __all__ = [
     "PreferenceBatch",
     "PreferenceDataset",
     "PreferenceLoader",
+    "TokenizedDataset",
     "bucket_length",
     "build_preference_loader",
     "collate_preference_batch",

@@ -47,6 +47,7 @@ from jaxalign.data.loader import (
     MAX_REPORTED_SKIPS,
     LoaderState,
     PreferenceLoader,
+    TokenizedDataset,
     bucket_length,
     pad_token_id,
     process_slice,
@@ -272,36 +273,14 @@ def tokenize_sft_row(
 # ----------------------------------------------------------------------------- datasets
 
 
-class SFTDataset:
+class SFTDataset(TokenizedDataset):
     """Tokenised SFT examples held in memory, plus what loading skipped.
 
     Raises:
         ValueError: no valid rows.
     """
 
-    def __init__(
-        self,
-        examples: Sequence[TokenizedSFTExample],
-        *,
-        source: str = "",
-        num_skipped: int = 0,
-        skipped: Sequence[str] = (),
-        max_length: int | None = None,
-        max_prompt_length: int | None = None,
-    ):
-        if not examples:
-            raise ValueError(f"SFT dataset {source!r} has no valid rows")
-        self.examples = tuple(examples)
-        self.source = source
-        self.num_skipped = num_skipped
-        self.skipped = tuple(skipped)
-        self.truncation = (max_length, max_prompt_length)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> TokenizedSFTExample:
-        return self.examples[i]
+    kind = "SFT dataset"
 
     def max_length(self) -> int:
         """Longest sequence in the dataset (tokens)."""
@@ -310,17 +289,11 @@ class SFTDataset:
     @property
     def stats(self) -> dict[str, Any]:
         """What loading found (JSON-able), as :attr:`PreferenceDataset.stats`."""
-        return {
-            "source": self.source,
-            "num_examples": len(self),
-            "num_target_tokens": int(sum(int(e.targets[1:].sum()) for e in self.examples)),
-            "num_skipped": self.num_skipped,
-            "num_prompt_truncated": sum(e.prompt_truncated for e in self.examples),
-            "num_truncated": sum(e.truncated for e in self.examples),
-            "max_length": self.truncation[0],
-            "max_prompt_length": self.truncation[1],
-            "first_skipped": self.skipped[0] if self.skipped else None,
-        }
+        return self._stats(
+            num_target_tokens=int(sum(int(e.targets[1:].sum()) for e in self.examples)),
+            num_prompt_truncated=sum(e.prompt_truncated for e in self.examples),
+            num_truncated=sum(e.truncated for e in self.examples),
+        )
 
 
 def format_sft_stats(stats: Mapping[str, Any]) -> str:

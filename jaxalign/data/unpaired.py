@@ -33,6 +33,7 @@ from jaxalign.data.loader import (
     MAX_REPORTED_SKIPS,
     LoaderState,
     PreferenceLoader,
+    TokenizedDataset,
     bucket_length,
     collate_preference_batch,
     format_data_stats,
@@ -128,37 +129,18 @@ def read_unpaired_rows(
                 yield where, MalformedRowError(f"{where}: {e}")
 
 
-class UnpairedDataset:
+class UnpairedDataset(TokenizedDataset):
     """Tokenised labelled responses held in memory, plus what loading skipped.
 
     Raises:
         ValueError: no valid rows.
     """
 
-    def __init__(
-        self,
-        examples: Sequence[TokenizedExample],
-        *,
-        source: str = "",
-        num_skipped: int = 0,
-        skipped: Sequence[str] = (),
-        max_length: int | None = None,
-        max_prompt_length: int | None = None,
-    ):
-        if not examples:
-            raise ValueError(f"unpaired dataset {source!r} has no valid rows")
-        self.examples = tuple(examples)
-        self.source = source
-        self.num_skipped = num_skipped
-        self.skipped = tuple(skipped)
-        self.truncation = (max_length, max_prompt_length)
+    kind = "unpaired dataset"
+
+    def __init__(self, examples: Sequence[TokenizedExample], **kwargs: Any):
+        super().__init__(examples, **kwargs)
         self.num_desirable = sum(e.desirable for e in self.examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> TokenizedExample:
-        return self.examples[i]
 
     def max_length(self) -> int:
         """Longest prompt + completion in the dataset (tokens)."""
@@ -167,18 +149,12 @@ class UnpairedDataset:
     @property
     def stats(self) -> dict[str, Any]:
         """What loading found (JSON-able), as :attr:`PreferenceDataset.stats`."""
-        return {
-            "source": self.source,
-            "num_examples": len(self),
-            "num_desirable": self.num_desirable,
-            "num_undesirable": len(self) - self.num_desirable,
-            "num_skipped": self.num_skipped,
-            "num_prompt_truncated": sum(e.prompt_truncated for e in self.examples),
-            "num_response_truncated": sum(e.response_truncated for e in self.examples),
-            "max_length": self.truncation[0],
-            "max_prompt_length": self.truncation[1],
-            "first_skipped": self.skipped[0] if self.skipped else None,
-        }
+        return self._stats(
+            num_desirable=self.num_desirable,
+            num_undesirable=len(self) - self.num_desirable,
+            num_prompt_truncated=sum(e.prompt_truncated for e in self.examples),
+            num_response_truncated=sum(e.response_truncated for e in self.examples),
+        )
 
 
 def format_unpaired_stats(stats: Mapping[str, Any]) -> str:
