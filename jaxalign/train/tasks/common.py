@@ -38,7 +38,7 @@ from jaxalign.models.lora import (
     with_dropout,
 )
 from jaxalign.models.sharding import axis_rules, state_shardings
-from jaxalign.parallel import data_shard_info
+from jaxalign.parallel import data_shard_info, shard_batch
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import (
     Shardings,
@@ -204,6 +204,26 @@ def adapted_with_heads(model, lora: LoRAConfig, heads: tuple[str, ...], *, key: 
     ``heads`` train, the rest is the frozen base (in ``lora.base_dtype``)."""
     _, trainable, frozen = nnx.split(_adapt_trunk(model, lora, heads, key), head_filter(heads), ...)
     return trainable, frozen
+
+
+def heldout_pair_metrics(
+    task, eval_fn, params, shard: tuple[int, int], *, to_batch=lambda b: b
+) -> dict[str, float]:
+    """``eval_loss`` and ``eval_accuracy`` of a reward / preference model on its held-out
+    preference file: ``eval_fn(params, frozen, batch) -> (loss sum, correct, pairs)`` summed
+    over this process's ``shard = (index, count)`` of ``task.eval_dataset``; ``to_batch`` maps
+    a loader batch to the model's batch before sharding."""
+    shard, count = shard
+    loader = build_preference_loader(task.eval_data, task.tokenizer, process_index=shard,
+                                     process_count=count, dataset=task.eval_dataset)  # fmt: skip
+    loss = correct = pairs = 0.0
+    for batch in loader:
+        batch = shard_batch(to_batch(batch), task.ctx.mesh, task.ctx.rules,
+                            logical_axes=("batch",))  # fmt: skip
+        sums = jax.device_get(eval_fn(params, task.frozen, batch))
+        loss, correct = loss + float(sums[0]), correct + float(sums[1])
+        pairs += float(sums[2])
+    return {"eval_loss": loss / max(pairs, 1.0), "eval_accuracy": correct / max(pairs, 1.0)}
 
 
 def init_head_model(parts, build: Callable[[jax.Array], Any], heads: tuple[str, ...], key):
@@ -512,6 +532,7 @@ __all__ = [
     "dropout_key",
     "export_model",
     "head_filter",
+    "heldout_pair_metrics",
     "init_head_model",
     "load_policy",
     "load_run_tokenizer",

@@ -75,7 +75,6 @@ from flax import nnx
 from jaxalign import testbed as tb
 from jaxalign.data import (
     PreferenceBatch,
-    build_preference_loader,
     format_data_stats,
     load_preference_dataset,
     make_tiny_preference_dataset,
@@ -607,22 +606,9 @@ class PreferenceModelTask(Task):
             return {f"eval_{k}": v for k, v in testbed_errors(estimate, self.preference).items()}
         if self.eval_dataset is None:
             return {}
-        shard, count = self._eval_shard
-        loader = build_preference_loader(
-            self.eval_data,
-            self.tokenizer,
-            process_index=shard,
-            process_count=count,
-            dataset=self.eval_dataset,
+        return common.heldout_pair_metrics(
+            self, self._eval, state.params, self._eval_shard, to_batch=pairs_from_preference_batch
         )
-        loss = correct = pairs = 0.0
-        for batch in loader:
-            batch = shard_batch(pairs_from_preference_batch(batch), self.ctx.mesh,
-                                self.ctx.rules, logical_axes=("batch",))  # fmt: skip
-            sums = jax.device_get(self._eval(state.params, self.frozen, batch))
-            loss, correct, pairs = (loss + float(sums[0]), correct + float(sums[1]),
-                                    pairs + float(sums[2]))  # fmt: skip
-        return {"eval_loss": loss / max(pairs, 1.0), "eval_accuracy": correct / max(pairs, 1.0)}
 
     def position(self) -> dict[str, Any]:
         return {} if self.loader is None else {"data": self.loader.state_dict()}

@@ -55,7 +55,6 @@ from flax import nnx
 
 from jaxalign.data import (
     PreferenceBatch,
-    build_preference_loader,
     format_data_stats,
     load_preference_dataset,
     make_tiny_preference_dataset,
@@ -387,24 +386,7 @@ class RewardModelTask(Task):
         """``eval_accuracy`` (held-out pairs with ``r_w > r_l``) and ``eval_loss``."""
         if self.eval_dataset is None or not eval_every(self.config, step):
             return {}
-        shard, count = self._eval_shard
-        loader = build_preference_loader(
-            self.eval_data,
-            self.tokenizer,
-            process_index=shard,
-            process_count=count,
-            dataset=self.eval_dataset,
-        )
-        loss = correct = pairs = 0.0
-        for batch in loader:
-            batch = shard_batch(batch, self.ctx.mesh, self.ctx.rules, logical_axes=("batch",))
-            sums = jax.device_get(self._eval(state.params, self.frozen, batch))
-            loss, correct, pairs = (
-                loss + float(sums[0]),
-                correct + float(sums[1]),
-                pairs + float(sums[2]),
-            )
-        return {"eval_loss": loss / max(pairs, 1.0), "eval_accuracy": correct / max(pairs, 1.0)}
+        return common.heldout_pair_metrics(self, self._eval, state.params, self._eval_shard)
 
     def position(self) -> dict[str, Any]:
         return {"data": self.loader.state_dict()}
